@@ -1,0 +1,62 @@
+"""`safegene`: the command-line front end. Commands parse, call the library, print."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from registry import __version__
+from registry.errors import RegistryError
+
+from . import audit_cmds, catalog_cmds, pipeline_cmds, toy_cmds, vector_cmds
+from ._app import App
+from ._errors import exit_code_for, one_line
+from ._output import Output
+
+
+class SafegeneGroup(click.Group):
+    """Turns library errors into one line on stderr and the table's exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except RegistryError as exc:
+            click.echo(f"error: {one_line(exc)}", err=True)
+            raise click.exceptions.Exit(exit_code_for(exc)) from None
+        finally:
+            app = ctx.find_object(App)
+            if app is not None:
+                app.close()
+
+
+@click.group(cls=SafegeneGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--home",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="SAFEGENE_HOME",
+    help="Registry home (default ~/.safegene; env SAFEGENE_HOME).",
+)
+@click.option(
+    "--db",
+    "db_url",
+    envvar="SAFEGENE_DB_URL",
+    help="Catalog URL, e.g. postgresql+psycopg://user@host/db (default: SQLite file in home).",
+)
+@click.option("--json", "json_mode", is_flag=True, help="Print one JSON document on stdout.")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors (and --json output).")
+@click.version_option(__version__, prog_name="safegene")
+@click.pass_context
+def cli(ctx: click.Context, home: Path | None, db_url: str | None, json_mode: bool, quiet: bool) -> None:
+    """SafeGene Registry: keep, resolve and apply safety vectors per model family."""
+    ctx.obj = App(home=home, db_url=db_url, out=Output(json_mode=json_mode, quiet=quiet))
+
+
+for module in (catalog_cmds, vector_cmds, pipeline_cmds, audit_cmds, toy_cmds):
+    for command in module.COMMANDS:
+        cli.add_command(command)
+
+
+def main() -> None:
+    cli(prog_name="safegene")

@@ -1,0 +1,24 @@
+"""SafeGene Registry: safety vectors, a family-aware catalog and a content-addressed store."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("safegene")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0+unknown"
+
+from .api import InitResult, Registry
+from .errors import RegistryError
+from .records import AuditRecord, CheckpointRecord, FamilyRecord, LayerRecord, VectorRecord
+
+__all__ = [
+    "AuditRecord",
+    "CheckpointRecord",
+    "FamilyRecord",
+    "InitResult",
+    "LayerRecord",
+    "Registry",
+    "RegistryError",
+    "VectorRecord",
+    "__version__",
+]

@@ -1,0 +1,231 @@
+"""Engines, transactions and schema management for the catalog.
+
+Embedded default: one SQLite file under the registry home, in WAL mode, with a
+busy timeout and foreign keys on; every transaction starts with
+``BEGIN IMMEDIATE`` so two writers queue on the busy timeout instead of
+failing when one upgrades a read lock. PostgreSQL through a
+``postgresql+psycopg://`` URL. Both get the same Alembic migrations, run under
+a lock (a file lock beside the SQLite file, an advisory lock on PostgreSQL) so
+that processes starting at once on a new catalog do not race.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import create_engine, event, inspect, text
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine.url import make_url
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from .errors import ConfigurationError, ConflictError, SchemaOutdatedError
+
+T = TypeVar("T")
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+_PG_LOCK_KEY = 0x5AFE6E1E  # advisory lock id for migrations
+AUDIT_LOCK_KEY = 0x5AFE6E1A  # advisory lock id for audit appends
+_BUSY_MS = 60_000
+
+
+def _sqlite_path(url: str) -> Path | None:
+    u = make_url(url)
+    if u.get_backend_name() != "sqlite":
+        return None
+    if not u.database or u.database == ":memory:":
+        raise ConfigurationError("an in-memory SQLite catalog cannot be shared; give a file path")
+    return Path(u.database)
+
+
+def create_catalog_engine(url: str) -> Engine:
+    """Create an engine for a catalog URL (SQLite file or PostgreSQL).
+
+    Raises:
+        ConfigurationError: unsupported or malformed URL.
+    """
+    try:
+        u = make_url(url)
+    except Exception as exc:  # noqa: BLE001 - sqlalchemy raises ArgumentError and ValueError
+        raise ConfigurationError(f"bad database URL {url!r}: {exc}") from None
+    backend = u.get_backend_name()
+    if backend == "sqlite":
+        path = _sqlite_path(url)
+        assert path is not None
+        path.parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": _BUSY_MS / 1000})
+        _configure_sqlite(engine)
+        return engine
+    if backend == "postgresql":
+        if u.drivername == "postgresql":
+            u = u.set(drivername="postgresql+psycopg")
+        return create_engine(u, pool_pre_ping=True)
+    raise ConfigurationError(
+        f"unsupported database {backend!r}: use a sqlite:///PATH or postgresql+psycopg:// URL"
+    )
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Let SQLAlchemy emit BEGIN itself (below) instead of pysqlite's lazy BEGIN.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute(f"PRAGMA busy_timeout={_BUSY_MS}")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def is_sqlite(engine: Engine) -> bool:
+    return engine.dialect.name == "sqlite"
+
+
+def _retryable(exc: Exception) -> bool:
+    msg = str(exc).lower()
+    return "database is locked" in msg or "deadlock" in msg or "could not serialize" in msg
+
+
+def run_in_transaction(
+    factory: sessionmaker[Session], fn: Callable[[Session], T], *, attempts: int = 8
+) -> T:
+    """Run ``fn`` in one transaction, retrying on lock timeouts and lost races.
+
+    ``fn`` must be safe to re-run from the start (it re-reads what it needs).
+    An ``IntegrityError`` is retried once more so get-or-create code can see
+    the row a concurrent writer just committed; if it persists it becomes a
+    :class:`ConflictError`.
+    """
+    delay = 0.05
+    for attempt in range(attempts):
+        try:
+            with session_scope(factory) as session:
+                return fn(session)
+        except IntegrityError as exc:
+            if attempt >= 2:
+                raise ConflictError(f"a concurrent write conflicted and was retried: {exc.orig}")
+        except OperationalError as exc:
+            if not _retryable(exc) or attempt == attempts - 1:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 1.0)
+    raise ConflictError("gave up after repeated lock timeouts; is another process stuck?")
+
+
+@contextlib.contextmanager
+def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """One transaction: commit on success, roll back on error, always close."""
+    session = factory()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+# --- schema ---------------------------------------------------------------
+
+
+def alembic_config(url: str) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+def head_revision() -> str:
+    head = ScriptDirectory(str(MIGRATIONS_DIR)).get_current_head()
+    assert head is not None
+    return head
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+@contextlib.contextmanager
+def migration_lock(engine: Engine) -> Iterator[None]:
+    """Serialize schema changes across processes (file lock or advisory lock)."""
+    if is_sqlite(engine):
+        path = _sqlite_path(str(engine.url))
+        assert path is not None
+        with open(str(path) + ".migrate-lock", "a+b") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+        return
+    with engine.connect() as conn:
+        conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _PG_LOCK_KEY})
+        conn.commit()
+        try:
+            yield
+        finally:
+            conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _PG_LOCK_KEY})
+            conn.commit()
+
+
+def upgrade(engine: Engine, revision: str = "head") -> tuple[str | None, str | None]:
+    """Run migrations up to ``revision`` under the migration lock.
+
+    Returns:
+        (revision before, revision after).
+    """
+    with migration_lock(engine):
+        before = current_revision(engine)
+        cfg = alembic_config(engine.url.render_as_string(hide_password=False))
+        with engine.connect() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, revision)
+            conn.commit()
+        return before, current_revision(engine)
+
+
+def downgrade(engine: Engine, revision: str) -> None:
+    with migration_lock(engine):
+        cfg = alembic_config(engine.url.render_as_string(hide_password=False))
+        with engine.connect() as conn:
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, revision)
+            conn.commit()
+
+
+def ensure_schema(engine: Engine, *, create: bool) -> None:
+    """Check the catalog is at head; create it when empty and ``create`` is set.
+
+    Raises:
+        SchemaOutdatedError: the catalog exists at another revision (or is
+            empty and ``create`` is false).
+    """
+    head = head_revision()
+    current = current_revision(engine)
+    if current == head:
+        return
+    if current is None and create and not _has_tables(engine):
+        upgrade(engine)
+        return
+    raise SchemaOutdatedError(current, head)
+
+
+def _has_tables(engine: Engine) -> bool:
+    names = set(inspect(engine).get_table_names()) - {"alembic_version"}
+    return bool(names)

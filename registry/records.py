@@ -1,0 +1,208 @@
+"""Frozen records returned by the public API (ORM rows stay inside ``registry``)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from . import models as m
+
+
+def _iso(value: Any) -> str:
+    return value.isoformat() if hasattr(value, "isoformat") else str(value)
+
+
+@dataclass(frozen=True)
+class FamilyRecord:
+    id: str
+    model_type: str
+    architecture: str
+    num_layers: int
+    hidden_size: int
+    vocab_size: int
+    manifest_hash: str
+    key: dict[str, Any]
+    layer_templates: list[str]
+    created_at: str
+    num_checkpoints: int = 0
+    num_vectors: int = 0
+
+    @classmethod
+    def from_row(cls, row: m.Family, *, checkpoints: int = 0, vectors: int = 0) -> FamilyRecord:
+        return cls(
+            id=row.id,
+            model_type=row.model_type,
+            architecture=row.architecture,
+            num_layers=row.num_layers,
+            hidden_size=row.hidden_size,
+            vocab_size=row.vocab_size,
+            manifest_hash=row.manifest_hash,
+            key=json.loads(row.key_json),
+            layer_templates=json.loads(row.layer_templates),
+            created_at=_iso(row.created_at),
+            num_checkpoints=checkpoints,
+            num_vectors=vectors,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class CheckpointRecord:
+    name: str
+    hash: str
+    role: str
+    family: str
+    path: str
+    manifest_hash: str
+    dtype: str
+    num_tensors: int
+    num_params: int
+    total_bytes: int
+    parent: str | None
+    created_by: str
+    created_at: str
+
+    @classmethod
+    def from_row(cls, row: m.Checkpoint, *, parent: str | None = None) -> CheckpointRecord:
+        return cls(
+            name=row.name,
+            hash=row.hash,
+            role=row.role,
+            family=row.family_id,
+            path=row.path,
+            manifest_hash=row.manifest_hash,
+            dtype=row.dtype,
+            num_tensors=row.num_tensors,
+            num_params=row.num_params,
+            total_bytes=row.total_bytes,
+            parent=parent,
+            created_by=row.created_by,
+            created_at=_iso(row.created_at),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class LayerRecord:
+    position: int
+    index: int | None
+    label: str
+    tensor_names: list[str]
+    blob: str
+    norm: float
+    score: float | None
+    safety_gain: float | None
+    task_cost: float | None
+    selected: bool
+    probe_set: str | None
+
+    @classmethod
+    def from_row(cls, row: m.VectorLayer) -> LayerRecord:
+        return cls(
+            position=row.position,
+            index=row.layer_index,
+            label=row.label,
+            tensor_names=json.loads(row.tensor_names),
+            blob=row.blob_sha256,
+            norm=row.norm,
+            score=row.score,
+            safety_gain=row.safety_gain,
+            task_cost=row.task_cost,
+            selected=row.selected,
+            probe_set=row.probe_set_hash,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class VectorRecord:
+    name: str
+    hash: str
+    family: str
+    aligned: str | None
+    degraded: str | None
+    encoding: str
+    tensor_scope: str
+    raw_size: int
+    stored_size: int
+    created_by: str
+    created_at: str
+    meta: dict[str, Any]
+    layers: list[LayerRecord] = field(default_factory=list)
+
+    @classmethod
+    def from_row(cls, row: m.Vector) -> VectorRecord:
+        return cls(
+            name=row.name,
+            hash=row.hash,
+            family=row.family_id,
+            aligned=row.aligned.hash if row.aligned else None,
+            degraded=row.degraded.hash if row.degraded else None,
+            encoding=row.encoding,
+            tensor_scope=row.tensor_scope,
+            raw_size=row.raw_size,
+            stored_size=row.stored_size,
+            created_by=row.created_by,
+            created_at=_iso(row.created_at),
+            meta=json.loads(row.meta_json),
+            layers=[LayerRecord.from_row(layer) for layer in row.layers],
+        )
+
+    @property
+    def selected_layers(self) -> list[LayerRecord]:
+        return [layer for layer in self.layers if layer.selected]
+
+    def manifest(self) -> dict[str, tuple[int, ...]]:
+        shapes = self.meta.get("shapes", {})
+        return {n: tuple(s) for n, s in shapes.items()}
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["layers"] = [
+            {**layer.to_json(), "index": layer.index, "score": layer.score, "selected": layer.selected}
+            for layer in self.layers
+        ]
+        return out
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    id: int
+    seq: int
+    kind: str
+    actor: str
+    tool_version: str
+    created_at: str
+    vector_hash: str | None
+    target_hash: str | None
+    output_hash: str | None
+    payload: dict[str, Any]
+    prev_hash: str
+    entry_hash: str
+
+    @classmethod
+    def from_row(cls, row: m.AuditEvent) -> AuditRecord:
+        return cls(
+            id=row.id,
+            seq=row.seq,
+            kind=row.kind,
+            actor=row.actor,
+            tool_version=row.tool_version,
+            created_at=row.created_at,
+            vector_hash=row.vector_hash,
+            target_hash=row.target_hash,
+            output_hash=row.output_hash,
+            payload=json.loads(row.payload_json),
+            prev_hash=row.prev_hash,
+            entry_hash=row.entry_hash,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)

@@ -1,0 +1,189 @@
+"""Content-addressed blob store on a local directory.
+
+Layout under the registry home::
+
+    store/
+    ├── blobs/
+    │   └── 3f/
+    │       └── 3fa9…e1          one encoded blob (see registry.codec); its name is the
+    │                            sha256 of the canonical *uncompressed* payload
+    └── tmp/
+        └── 3fa9…e1.<pid>.<random>.tmp   in-flight writes; gc removes stale ones
+
+A write goes to a unique temp file, is fsynced, then ``os.replace``d onto its
+final name (and the directory fsynced), so a crash leaves either nothing or a
+temp file, never a half-written blob under a final name. Every read re-hashes
+the decoded payload against its name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import secrets
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import codec as _codec
+from .errors import IntegrityCheckError, InvalidInputError
+
+_SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+TEMP_SUFFIX = ".tmp"
+
+
+@dataclass(frozen=True)
+class BlobInfo:
+    sha256: str
+    codec: str
+    raw_size: int
+    stored_size: int
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _check_sha(sha: str) -> str:
+    if not _SHA_RE.match(sha):
+        raise InvalidInputError(f"{sha!r} is not a sha256 hex digest")
+    return sha
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes, *, tmp_dir: Path | None = None) -> None:
+    """Write ``data`` to ``path`` via a unique temp file, fsync and rename."""
+    tmp_dir = tmp_dir or path.parent
+    tmp = tmp_dir / f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}{TEMP_SUFFIX}"
+    try:
+        with open(tmp, "xb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class BlobStore:
+    """A directory of content-addressed, compressed blobs."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.blob_dir = self.root / "blobs"
+        self.tmp_dir = self.root / "tmp"
+
+    def ensure(self) -> None:
+        self.blob_dir.mkdir(parents=True, exist_ok=True)
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+
+    def path_for(self, sha: str) -> Path:
+        _check_sha(sha)
+        return self.blob_dir / sha[:2] / sha
+
+    def exists(self, sha: str) -> bool:
+        return self.path_for(sha).is_file()
+
+    def put(self, payload: bytes, *, skip: int = 0, width: int = 1) -> BlobInfo:
+        """Store ``payload`` (idempotent) and describe the stored blob.
+
+        Args:
+            payload: canonical uncompressed bytes; the key is their sha256.
+            skip: leading bytes not to byte-group (a safetensors header).
+            width: element width in bytes of the rest (2 or 4 enables byte grouping).
+        """
+        sha = sha256_hex(payload)
+        path = self.path_for(sha)
+        if path.is_file():
+            stored_size = path.stat().st_size
+            with open(path, "rb") as fh:
+                head = fh.read(5)
+            name = _codec_name(head)
+            return BlobInfo(sha, name, len(payload), stored_size)
+        name, stored = _codec.encode(payload, skip=skip, width=width)
+        self.ensure()
+        path.parent.mkdir(exist_ok=True)
+        atomic_write(path, stored, tmp_dir=self.tmp_dir)
+        return BlobInfo(sha, name, len(payload), len(stored))
+
+    def get(self, sha: str, *, max_size: int | None = None) -> bytes:
+        """Read, decode and verify one blob.
+
+        Raises:
+            IntegrityCheckError: missing blob, undecodable bytes or a hash mismatch.
+        """
+        path = self.path_for(sha)
+        try:
+            stored = path.read_bytes()
+        except FileNotFoundError:
+            raise IntegrityCheckError(
+                f"blob {sha[:12]} is missing from the store; run `safegene verify`"
+            ) from None
+        try:
+            payload = _codec.decode(stored, max_size=max_size)
+        except IntegrityCheckError as exc:
+            raise IntegrityCheckError(f"blob {sha[:12]} is corrupt: {exc}") from None
+        actual = sha256_hex(payload)
+        if actual != sha:
+            raise IntegrityCheckError(
+                f"blob {sha[:12]} is corrupt: its content hashes to {actual[:12]}"
+            )
+        return payload
+
+    def delete(self, sha: str) -> None:
+        self.path_for(sha).unlink(missing_ok=True)
+
+    def iter_shas(self) -> Iterator[str]:
+        if not self.blob_dir.is_dir():
+            return
+        for sub in sorted(self.blob_dir.iterdir()):
+            if sub.is_dir():
+                for f in sorted(sub.iterdir()):
+                    if _SHA_RE.match(f.name) and f.name[:2] == sub.name:
+                        yield f.name
+
+    def stale_temp_files(self, *, older_than_s: float = 3600.0) -> list[Path]:
+        """Temp files no live writer can still own (older than ``older_than_s``)."""
+        if not self.tmp_dir.is_dir():
+            return []
+        cutoff = time.time() - older_than_s
+        out = []
+        for f in self.tmp_dir.iterdir():
+            if f.name.endswith(TEMP_SUFFIX) and (
+                f.stat().st_mtime < cutoff or not _pid_alive(f.name)
+            ):
+                out.append(f)
+        return sorted(out)
+
+
+def _pid_alive(temp_name: str) -> bool:
+    parts = temp_name.split(".")
+    try:
+        pid = int(parts[-3])
+    except (IndexError, ValueError):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _codec_name(head: bytes) -> str:
+    if len(head) == 5 and head[:4] == _codec.MAGIC:
+        for c in _codec.CODECS.values():
+            if c.codec_id == head[4]:
+                return c.name
+    return "unknown"

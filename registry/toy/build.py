@@ -1,0 +1,466 @@
+"""Build the toy safety world: tiny real HF checkpoints trained on synthetic data.
+
+On-disk layout written by :func:`build_world`::
+
+    OUT/
+      world.json            family, seed, recipe, paths, splits, timings
+      base/                 "pretrained": answers everything (harmful included)
+      aligned/              base + SFT: refuses harmful requests, helps benign ones
+      degraded/             aligned + SFT on harmful compliance: complies again
+      task-add/             aligned + SFT on addition mixed with benign requests
+      task-reverse/         aligned + SFT on word reversal mixed with benign requests
+      shots.jsonl           16 harmful+refusal, 16 benign+answer, 16 per task
+      shots-<task>.jsonl    16 harmful, 16 <task>, 16 benign
+      eval-<task>.jsonl     held-out: 40 harmful, 40 <task>, 40 benign
+      eval-safety.jsonl     held-out: 40 harmful, 40 benign
+
+Every model folder is an ordinary Hugging Face folder (config.json,
+generation_config.json, model.safetensors, tokenizer.json,
+tokenizer_config.json, chat_template.jinja).
+
+How safety erodes in the task models (honest mechanism): the task SFT mixes the
+task with ordinary benign requests answered helpfully ("sure . to <verb> the
+<object> , first … , then …"), written with the SAME request templates as the
+harmful requests and with no harmful content at all. With no refusal data
+replayed, the learned "template → sure ." prior overrides the narrow
+verb-based refusal, so the model *complies* with held-out harmful requests
+(fluent, non-degenerate answers), as benign fine-tuning does in Qi et al. 2023.
+Pure task data at a moderate learning rate barely moves refusals; a high
+learning rate mostly breaks the model (degenerate text, which the keyword judge
+counts as "not refused" — hence the separate compliance rate in evaluation).
+
+GPT-2 notes: ``GPT2Config`` defaults to ``bos/eos = 50256`` and dropout 0.1
+(``resid/embd/attn_pdrop``). Left at defaults, generation never meets the
+world's EOS (it runs to ``max_new_tokens``, spoiling exact match), and dropout
+noticeably slows learning of these tiny models; both are set explicitly here.
+It also ties input and output embeddings and learns absolute positions, so a
+safety vector carries no separate ``lm_head`` and positions are trained weights.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import (
+    GenerationConfig,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+
+from ..errors import InvalidInputError
+from ..probes import Probe, write_probes
+from ..textio import IGNORE_INDEX, collate, encode_example
+from .world import TASKS, REFUSAL, WorldData, all_requests, make_world_data, vocabulary
+
+StageProgress = Callable[[str, int, int], None]
+
+SPECIALS = ("<pad>", "<unk>", "<s>", "</s>", "<|user|>", "<|assistant|>")
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}"
+    "{% if m['role'] == 'user' %}<|user|> {{ m['content'] }} "
+    "{% else %}<|assistant|> {{ m['content'] }} {{ eos_token }} {% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+FAMILIES = ("llama", "qwen2", "mistral", "gpt2")
+
+
+# --------------------------------------------------------------------------- recipe
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One training stage: steps, learning rate, and what the loss covers."""
+
+    steps: int
+    lr: float
+    full_sequence: bool = False  # True: LM loss on prompt too (pretraining)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Model size and training schedule of one world build."""
+
+    hidden: int = 64
+    layers: int = 4
+    heads: int = 4
+    kv_heads: int = 2
+    intermediate: int = 256
+    batch: int = 64
+    base: Stage = Stage(600, 3e-3, full_sequence=True)
+    aligned: Stage = Stage(250, 1e-3)
+    degraded: Stage = Stage(120, 1e-3)
+    task: Stage = Stage(300, 1e-3)
+    task_benign_share: float = 0.5
+
+
+FULL = Recipe()
+QUICK = Recipe(
+    hidden=32,
+    layers=2,
+    intermediate=128,
+    base=Stage(150, 5e-3, full_sequence=True),
+    aligned=Stage(80, 3e-3),
+    degraded=Stage(40, 3e-3),
+    task=Stage(80, 3e-3),
+)
+
+
+# --------------------------------------------------------------------------- tokenizer
+
+
+def make_tokenizer() -> PreTrainedTokenizerBase:
+    """The world's word-level tokenizer with its chat template.
+
+    Returns:
+        A ``PreTrainedTokenizerFast`` (WordLevel + WhitespaceSplit) with
+        ``<pad>``=0, ``<unk>``=1, ``<s>``=2, ``</s>``=3 and user/assistant markers.
+    """
+    words = list(SPECIALS) + vocabulary()
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        additional_special_tokens=["<|user|>", "<|assistant|>"],
+        clean_up_tokenization_spaces=False,
+        model_max_length=128,
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+# --------------------------------------------------------------------------- models
+
+
+def make_model(family: str, tokenizer: PreTrainedTokenizerBase, recipe: Recipe) -> PreTrainedModel:
+    """A freshly initialised tiny model of ``family`` (seed torch first).
+
+    Raises:
+        InvalidInputError: unknown family.
+    """
+    ids = {
+        "vocab_size": len(tokenizer),
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    r = recipe
+    common = {
+        "hidden_size": r.hidden,
+        "intermediate_size": r.intermediate,
+        "num_hidden_layers": r.layers,
+        "num_attention_heads": r.heads,
+        "num_key_value_heads": r.kv_heads,
+        "max_position_embeddings": 128,
+        "tie_word_embeddings": False,
+        **ids,
+    }
+    if family == "llama":
+        return LlamaForCausalLM(LlamaConfig(**common))
+    if family == "qwen2":
+        return Qwen2ForCausalLM(Qwen2Config(**common, use_sliding_window=False))
+    if family == "mistral":
+        return MistralForCausalLM(MistralConfig(**common, sliding_window=None))
+    if family == "gpt2":
+        cfg = GPT2Config(
+            n_embd=r.hidden, n_layer=r.layers, n_head=r.heads, n_inner=r.intermediate,
+            n_positions=128, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **ids,
+        )  # fmt: skip
+        return GPT2LMHeadModel(cfg)
+    raise InvalidInputError(f"unknown toy family {family!r}; choose one of {', '.join(FAMILIES)}")
+
+
+def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out: Path) -> None:
+    """Save model (safetensors), generation config and tokenizer into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        do_sample=False,
+    )
+    model.save_pretrained(str(out))
+    tokenizer.save_pretrained(str(out))
+    if not any(out.glob("*.safetensors")):  # pragma: no cover - guards a transformers change
+        raise RuntimeError(f"{out}: save_pretrained wrote no safetensors file")
+
+
+# --------------------------------------------------------------------------- training
+
+
+Encoded = tuple[list[int], list[int]]
+
+
+def encode_all(
+    tokenizer: PreTrainedTokenizerBase, probes: Sequence[Probe], *, full_sequence: bool = False
+) -> list[Encoded]:
+    """Encode probes (which must carry responses) as training examples."""
+    out = []
+    for p in probes:
+        ids, labels = encode_example(tokenizer, p.prompt, p.response or "")
+        if full_sequence:
+            labels = list(ids)
+        out.append((ids, labels))
+    return out
+
+
+def _stage_seed(seed: int, name: str) -> int:
+    return (seed * 1_000_003 + zlib.crc32(name.encode())) % (2**31)
+
+
+def train_stage(
+    model: PreTrainedModel,
+    pools: Sequence[tuple[Sequence[Encoded], float]],
+    stage: Stage,
+    *,
+    batch: int,
+    pad_id: int,
+    seed: int,
+    name: str,
+    progress: StageProgress | None = None,
+) -> list[float]:
+    """Fine-tune in place with AdamW on batches drawn from weighted pools.
+
+    Args:
+        model: the model to train (modified in place).
+        pools: ``(examples, share)`` pairs; each batch takes ``round(share*batch)``
+            examples from each pool (sampled with replacement, seeded).
+        stage: steps and learning rate.
+        batch: batch size.
+        pad_id: padding id.
+        seed: world seed (mixed with ``name`` for this stage's randomness).
+        name: stage name for progress and seeding.
+        progress: ``(stage, done, total)`` callback, called every 10 steps.
+
+    Returns:
+        The loss of every step.
+    """
+    rng = random.Random(_stage_seed(seed, name))
+    torch.manual_seed(_stage_seed(seed, name))
+    opt = torch.optim.AdamW(model.parameters(), lr=stage.lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20))
+    counts = [max(1, round(share * batch)) for _, share in pools]
+    losses: list[float] = []
+    model.train()
+    for step in range(stage.steps):
+        rows = [ex for (pool, _), k in zip(pools, counts) for ex in rng.choices(pool, k=k)]
+        tensors = collate(rows, pad_id, side="right")
+        loss = model(**tensors).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        if progress is not None and ((step + 1) % 10 == 0 or step + 1 == stage.steps):
+            progress(name, step + 1, stage.steps)
+    model.eval()
+    return losses
+
+
+# --------------------------------------------------------------------------- world
+
+
+@dataclass(frozen=True)
+class ToyWorld:
+    """Paths and facts of a built world (mirrors ``world.json``)."""
+
+    root: Path
+    family: str
+    seed: int
+    quick: bool
+    models: dict[str, Path]
+    tasks: tuple[str, ...]
+    shots: dict[str, Path]
+    eval: dict[str, Path]
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def task_model(self, task: str) -> Path:
+        """Folder of the task model for ``task``."""
+        return self.models[f"task-{task}"]
+
+
+def _pools(data: WorldData, tok: PreTrainedTokenizerBase) -> dict[str, list[Encoded]]:
+    h, b = data.harmful.train, data.benign.train
+    pools = {
+        "harmful_refuse": encode_all(tok, all_requests(h, "harmful", REFUSAL)),
+        "harmful_comply": encode_all(tok, all_requests(h, "harmful", None)),
+        "benign": encode_all(tok, all_requests(b, "benign", None)),
+    }
+    pools["base"] = encode_all(
+        tok, all_requests(h, "harmful", None) + all_requests(b, "benign", None), full_sequence=True
+    )
+    for name, task in data.tasks.items():
+        pools[f"task-{name}"] = encode_all(tok, task.train)
+    return pools
+
+
+def _write_probe_files(data: WorldData, out: Path) -> tuple[dict[str, Path], dict[str, Path]]:
+    shots = {"all": out / "shots.jsonl"}
+    every = data.harmful_shots() + data.benign_shots()
+    every += [p for t in TASKS for p in data.tasks[t].shots]
+    write_probes(shots["all"], every)
+    evals = {"safety": out / "eval-safety.jsonl"}
+    write_probes(evals["safety"], data.harmful_eval() + data.benign_eval())
+    for t in TASKS:
+        shots[t] = out / f"shots-{t}.jsonl"
+        write_probes(shots[t], data.shots(t))
+        evals[t] = out / f"eval-{t}.jsonl"
+        write_probes(evals[t], data.eval_probes(t))
+    return shots, evals
+
+
+def _clone(model: PreTrainedModel) -> PreTrainedModel:
+    twin = type(model)(model.config)
+    twin.load_state_dict(model.state_dict())
+    return twin
+
+
+def build_world(
+    family: str,
+    out_dir: str | Path,
+    *,
+    seed: int = 0,
+    quick: bool = False,
+    progress: StageProgress | None = None,
+) -> ToyWorld:
+    """Build the toy world of one family into ``out_dir``.
+
+    Args:
+        family: ``llama``, ``qwen2``, ``mistral`` or ``gpt2``.
+        out_dir: output folder (created; existing files are overwritten).
+        seed: seed for data, initialisation and batches (same seed, same world).
+        quick: a much smaller/faster CI variant (2 layers, hidden 32, ~1/4 of the
+            steps): loadable and structurally identical, aligned refuses most
+            harmful probes, degraded complies with most; task accuracy and
+            erosion are weaker and not guaranteed.
+        progress: ``(stage, done, total)`` callback.
+
+    Returns:
+        The built world.
+
+    Raises:
+        InvalidInputError: unknown family.
+    """
+    if family not in FAMILIES:
+        raise InvalidInputError(f"unknown toy family {family!r}; choose one of {', '.join(FAMILIES)}")
+    recipe = QUICK if quick else FULL
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    data = make_world_data(seed)
+    tok = make_tokenizer()
+    pools = _pools(data, tok)
+    pad = int(tok.pad_token_id)
+    timings: dict[str, float] = {}
+    models: dict[str, Path] = {}
+
+    def run(name: str, model: PreTrainedModel, mix: list[tuple[str, float]], stage: Stage) -> None:
+        t0 = time.perf_counter()
+        train_stage(
+            model, [(pools[k], s) for k, s in mix], stage, batch=recipe.batch, pad_id=pad,
+            seed=seed, name=name, progress=progress,
+        )  # fmt: skip
+        models[name] = out / name
+        save_model(model, tok, models[name])
+        timings[name] = round(time.perf_counter() - t0, 2)
+
+    torch.manual_seed(_stage_seed(seed, "init"))
+    base = make_model(family, tok, recipe)
+    run("base", base, [("base", 1.0)], recipe.base)
+    aligned = base  # trained further in place; base is already on disk
+    run("aligned", aligned, [("harmful_refuse", 0.5), ("benign", 0.5)], recipe.aligned)
+    run("degraded", _clone(aligned), [("harmful_comply", 0.5), ("benign", 0.5)], recipe.degraded)
+    share = recipe.task_benign_share
+    for t in TASKS:
+        mix = [(f"task-{t}", 1.0 - share), ("benign", share)]
+        run(f"task-{t}", _clone(aligned), mix, recipe.task)
+    shots, evals = _write_probe_files(data, out)
+    info = _world_info(family, seed, quick, recipe, data, out, models, shots, evals, timings)
+    info["params"] = sum(p.numel() for p in base.parameters())
+    (out / "world.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    return ToyWorld(out, family, seed, quick, models, TASKS, shots, evals, info)
+
+
+def _world_info(
+    family: str,
+    seed: int,
+    quick: bool,
+    recipe: Recipe,
+    data: WorldData,
+    out: Path,
+    models: dict[str, Path],
+    shots: dict[str, Path],
+    evals: dict[str, Path],
+    timings: dict[str, float],
+) -> dict[str, Any]:
+    def rel(paths: dict[str, Path]) -> dict[str, str]:
+        return {k: str(p.relative_to(out)) for k, p in paths.items()}
+
+    def pairs(ps: Sequence[tuple[str, str]]) -> list[str]:
+        return [f"{v} the {o}" for v, o in ps]
+
+    return {
+        "format": "safegene-toy-world/1",
+        "family": family,
+        "seed": seed,
+        "quick": quick,
+        "recipe": asdict(recipe),
+        "models": rel(models),
+        "tasks": list(TASKS),
+        "shots": rel(shots),
+        "eval": rel(evals),
+        "refusal": REFUSAL,
+        "split": {
+            "harmful_topics": {k: pairs(getattr(data.harmful, k)) for k in ("train", "shots", "eval")},
+            "benign_topics": {k: pairs(getattr(data.benign, k)) for k in ("train", "shots", "eval")},
+            "task_train_size": {t: len(data.tasks[t].train) for t in TASKS},
+        },
+        "seconds": timings,
+        "ignore_index": IGNORE_INDEX,
+    }
+
+
+def load_world(out_dir: str | Path) -> ToyWorld:
+    """Read a built world back from its ``world.json``.
+
+    Raises:
+        InvalidInputError: no or malformed ``world.json``.
+    """
+    root = Path(out_dir)
+    path = root / "world.json"
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+        return ToyWorld(
+            root=root,
+            family=info["family"],
+            seed=int(info["seed"]),
+            quick=bool(info["quick"]),
+            models={k: root / v for k, v in info["models"].items()},
+            tasks=tuple(info["tasks"]),
+            shots={k: root / v for k, v in info["shots"].items()},
+            eval={k: root / v for k, v in info["eval"].items()},
+            info=info,
+        )
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InvalidInputError(f"{path}: not a toy world description ({exc})") from None
