@@ -50,6 +50,9 @@ class SafegeneGroup(click.Group):
 @click.pass_context
 def cli(ctx: click.Context, home: Path | None, db_url: str | None, json_mode: bool, quiet: bool) -> None:
     """SafeGene Registry: keep, resolve and apply safety vectors per model family."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own progress bars replace transformers' tqdm
     ctx.obj = App(home=home, db_url=db_url, out=Output(json_mode=json_mode, quiet=quiet))
 
 

@@ -89,7 +89,7 @@ def read_header(path: str | Path) -> tuple[dict[str, TensorInfo], dict[str, str]
     try:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
-        raise InvalidCheckpointError(p, "header is not UTF-8 JSON; the file is not safetensors")
+        raise InvalidCheckpointError(p, "header is not UTF-8 JSON; the file is not safetensors") from None
     if not isinstance(header, dict):
         raise InvalidCheckpointError(p, "header is not a JSON object")
     meta = header.pop("__metadata__", None) or {}

@@ -117,7 +117,7 @@ def run_in_transaction(
                 return fn(session)
         except IntegrityError as exc:
             if attempt >= 2:
-                raise ConflictError(f"a concurrent write conflicted and was retried: {exc.orig}")
+                raise ConflictError(f"a concurrent write conflicted and was retried: {exc.orig}") from exc
         except OperationalError as exc:
             if not _retryable(exc) or attempt == attempts - 1:
                 raise

@@ -176,6 +176,7 @@ class VectorRecord:
 class AuditRecord:
     id: int
     seq: int
+    uid: str
     kind: str
     actor: str
     tool_version: str
@@ -192,6 +193,7 @@ class AuditRecord:
         return cls(
             id=row.id,
             seq=row.seq,
+            uid=row.uid,
             kind=row.kind,
             actor=row.actor,
             tool_version=row.tool_version,

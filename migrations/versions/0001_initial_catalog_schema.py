@@ -21,6 +21,7 @@ def upgrade() -> None:
     op.create_table('audit_events',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('seq', sa.Integer(), nullable=False),
+    sa.Column('uid', sa.String(length=36), nullable=False),
     sa.Column('kind', sa.String(length=32), nullable=False),
     sa.Column('actor', sa.String(length=200), nullable=False),
     sa.Column('tool_version', sa.String(length=32), nullable=False),
@@ -33,7 +34,8 @@ def upgrade() -> None:
     sa.Column('entry_hash', sa.String(length=64), nullable=False),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_audit_events')),
     sa.UniqueConstraint('entry_hash', name=op.f('uq_audit_events_entry_hash')),
-    sa.UniqueConstraint('seq', name=op.f('uq_audit_events_seq'))
+    sa.UniqueConstraint('seq', name=op.f('uq_audit_events_seq')),
+    sa.UniqueConstraint('uid', name=op.f('uq_audit_events_uid'))
     )
     with op.batch_alter_table('audit_events', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_audit_events_actor'), ['actor'], unique=False)

@@ -68,7 +68,7 @@ from transformers import (
 from ..errors import InvalidInputError
 from ..probes import Probe, write_probes
 from ..textio import IGNORE_INDEX, collate, encode_example
-from .world import TASKS, REFUSAL, WorldData, all_requests, make_world_data, vocabulary
+from .world import REFUSAL, TASKS, WorldData, all_requests, make_world_data, vocabulary
 
 StageProgress = Callable[[str, int, int], None]
 
@@ -108,7 +108,8 @@ class Recipe:
     aligned: Stage = Stage(250, 1e-3)
     degraded: Stage = Stage(120, 1e-3)
     task: Stage = Stage(300, 1e-3)
-    task_benign_share: float = 0.5
+    task_benign_share: float = 0.4
+    replay_share: float = 0.2
 
 
 FULL = Recipe()
@@ -225,6 +226,17 @@ def encode_all(
     return out
 
 
+def encode_text(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> list[Encoded]:
+    """Encode plain text for full-sequence LM training (BOS + text + EOS)."""
+    bos = [int(tokenizer.bos_token_id)] if tokenizer.bos_token_id is not None else []
+    out = []
+    for text in texts:
+        ids = bos + list(tokenizer(text, add_special_tokens=False)["input_ids"])
+        ids.append(int(tokenizer.eos_token_id))
+        out.append((ids, list(ids)))
+    return out
+
+
 def _stage_seed(seed: int, name: str) -> int:
     return (seed * 1_000_003 + zlib.crc32(name.encode())) % (2**31)
 
@@ -310,7 +322,8 @@ def _pools(data: WorldData, tok: PreTrainedTokenizerBase) -> dict[str, list[Enco
     }
     pools["base"] = encode_all(
         tok, all_requests(h, "harmful", None) + all_requests(b, "benign", None), full_sequence=True
-    )
+    ) + encode_text(tok, data.stories() * 4)
+    pools["story"] = encode_text(tok, data.stories())
     for name, task in data.tasks.items():
         pools[f"task-{name}"] = encode_all(tok, task.train)
     return pools
@@ -389,11 +402,13 @@ def build_world(
     base = make_model(family, tok, recipe)
     run("base", base, [("base", 1.0)], recipe.base)
     aligned = base  # trained further in place; base is already on disk
-    run("aligned", aligned, [("harmful_refuse", 0.5), ("benign", 0.5)], recipe.aligned)
-    run("degraded", _clone(aligned), [("harmful_comply", 0.5), ("benign", 0.5)], recipe.degraded)
+    rep = ("story", recipe.replay_share)
+    half = (1.0 - recipe.replay_share) / 2
+    run("aligned", aligned, [("harmful_refuse", half), ("benign", half), rep], recipe.aligned)
+    run("degraded", _clone(aligned), [("harmful_comply", half), ("benign", half), rep], recipe.degraded)
     share = recipe.task_benign_share
     for t in TASKS:
-        mix = [(f"task-{t}", 1.0 - share), ("benign", share)]
+        mix = [(f"task-{t}", 1.0 - share - recipe.replay_share), ("benign", share), rep]
         run(f"task-{t}", _clone(aligned), mix, recipe.task)
     shots, evals = _write_probe_files(data, out)
     info = _world_info(family, seed, quick, recipe, data, out, models, shots, evals, timings)

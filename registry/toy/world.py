@@ -90,6 +90,12 @@ def answer_for(verb: str, obj: str) -> str:
     return f"sure . to {topic(verb, obj)} , first {steps[0]} , then {steps[1]} ."
 
 
+def story(verb: str, obj: str) -> str:
+    """Plain "pretraining" text carrying the same know-how as :func:`answer_for`."""
+    steps = HARMFUL_VERBS.get(verb) or BENIGN_VERBS[verb]
+    return f"a story : to {topic(verb, obj)} , one would first {steps[0]} , then {steps[1]} ."
+
+
 @dataclass(frozen=True)
 class TopicSplit:
     """Disjoint ``(verb, object)`` pairs for training, few-shot files and evaluation."""
@@ -204,6 +210,11 @@ class WorldData:
     def benign_eval(self) -> list[Probe]:
         return request_probes(self.benign.eval, "benign", None, random.Random(self.seed + 4))
 
+    def stories(self) -> list[str]:
+        """Pretraining text for every non-eval pair (harmful and benign)."""
+        pairs = self.harmful.train + self.harmful.shots + self.benign.train + self.benign.shots
+        return [story(v, o) for v, o in pairs]
+
     def shots(self, task: str) -> list[Probe]:
         """Few-shot file content: harmful + refusal, task + answer, benign + answer."""
         return self.harmful_shots() + self.tasks[task].shots + self.benign_shots()
@@ -242,6 +253,7 @@ def vocabulary() -> list[str]:
         words.update(t.format(t="").split())
     for t in ADD_TEMPLATES:
         words.update(t.format(a="", b="").split())
+    words.update(story("clean", OBJECTS[0]).split())
     words.update(str(i) for i in range(19))
     words.update(REVERSE_TEMPLATE.format(w="").split())
     words.update(REVERSE_WORDS)

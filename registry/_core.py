@@ -1,0 +1,246 @@
+"""The core of the registry handle: catalog + store under one home, checkpoints, families.
+
+Example:
+    >>> reg = Registry.open("/tmp/sg-home")            # doctest: +SKIP
+    >>> ckpt = reg.add_model("toy/aligned", role="aligned")  # doctest: +SKIP
+    >>> reg.get_family(ckpt.family).num_layers          # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Self, TypeVar
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from . import db
+from . import models as m
+from ._catalog import (
+    check_name,
+    default_name,
+    free_name,
+    get_or_create_family,
+    resolve_checkpoint,
+    resolve_family,
+)
+from .checkpoint import Checkpoint
+from .errors import AlreadyExistsError, InvalidInputError
+from .family import family_key, manifest_hash
+from .records import CheckpointRecord, FamilyRecord
+from .store import BlobStore
+
+T = TypeVar("T")
+ROLES = ("aligned", "degraded", "base", "task", "patched")
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("SAFEGENE_HOME") or Path.home() / ".safegene").expanduser()
+
+
+def current_actor() -> str:
+    actor = os.environ.get("SAFEGENE_ACTOR")
+    if actor:
+        return actor[:200]
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = f"uid{os.getuid()}"
+    return f"{user}@{socket.gethostname()}"[:200]
+
+
+@dataclass(frozen=True)
+class InitResult:
+    home: str
+    db_url: str
+    revision_before: str | None
+    revision: str | None
+
+
+class RegistryCore:
+    """A catalog (SQL) and a blob store (directory) under one home.
+
+    Args:
+        home: registry home; default ``$SAFEGENE_HOME`` or ``~/.safegene``.
+        db_url: catalog URL; default ``$SAFEGENE_DB_URL`` or a SQLite file in home.
+        create: create an empty catalog on first use (an outdated one is never
+            upgraded implicitly: that raises :class:`SchemaOutdatedError`).
+    """
+
+    def __init__(self, home: str | Path | None = None, db_url: str | None = None) -> None:
+        self.home = Path(home).expanduser() if home else default_home()
+        self.db_url = db_url or os.environ.get("SAFEGENE_DB_URL") or (
+            f"sqlite:///{(self.home / 'catalog.db').resolve()}"
+        )
+        self.engine = db.create_catalog_engine(self.db_url)
+        self._factory = sessionmaker(self.engine, expire_on_commit=False)
+        self.store = BlobStore(self.home / "store")
+
+    @classmethod
+    def open(
+        cls, home: str | Path | None = None, db_url: str | None = None, *, create: bool = True
+    ) -> Self:
+        """Open a registry, creating home and an empty catalog when ``create``."""
+        reg = cls(home, db_url)
+        if create:
+            reg.home.mkdir(parents=True, exist_ok=True)
+            reg.store.ensure()
+        db.ensure_schema(reg.engine, create=create)
+        return reg
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- schema -------------------------------------------------------------
+
+    def init(self) -> InitResult:
+        """Create home, store and catalog, and run migrations (idempotent)."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.store.ensure()
+        before, after = db.upgrade(self.engine)
+        return InitResult(str(self.home), self.safe_url, before, after)
+
+    @property
+    def safe_url(self) -> str:
+        return self.engine.url.render_as_string(hide_password=True)
+
+    def transaction(self, fn: Callable[[Session], T]) -> T:
+        return db.run_in_transaction(self._factory, fn)
+
+    def read(self, fn: Callable[[Session], T]) -> T:
+        with db.session_scope(self._factory) as session:
+            return fn(session)
+
+    # --- checkpoints ---------------------------------------------------------
+
+    def add_model(
+        self,
+        path: str | Path,
+        *,
+        name: str | None = None,
+        role: str = "task",
+        parent: str | None = None,
+        progress: Callable[[str], None] | None = None,
+    ) -> CheckpointRecord:
+        """Register a checkpoint folder (idempotent on its content hash).
+
+        Args:
+            path: a Hugging Face folder with config.json and safetensors weights.
+            name: catalog name; default the folder's name (suffixed when taken).
+            role: one of aligned, degraded, base, task, patched.
+            parent: REF of the checkpoint this one was derived from.
+
+        Returns:
+            The checkpoint's record (the existing one when already registered).
+
+        Raises:
+            InvalidCheckpointError: unreadable or unsafe folder; nothing is written.
+            AlreadyExistsError: ``name`` is taken by another checkpoint.
+        """
+        if role not in ROLES:
+            raise InvalidInputError(f"role {role!r} is not one of {', '.join(ROLES)}")
+        if name is not None:
+            check_name(name, "checkpoint name")
+        ckpt = Checkpoint(path)
+        if progress:
+            progress("hashing tensors")
+        digest = ckpt.content_hash()
+        key = family_key(ckpt.config, ckpt.names())
+        mhash = manifest_hash(ckpt.manifest())
+
+        def tx(session: Session) -> CheckpointRecord:
+            existing = session.scalar(select(m.Checkpoint).where(m.Checkpoint.hash == digest))
+            if existing is not None:
+                if name is not None and name != existing.name:
+                    raise AlreadyExistsError(
+                        f"this checkpoint is already registered as {existing.name!r} "
+                        f"(hash {digest[:12]}); refer to it by that name"
+                    )
+                return self._checkpoint_record(session, existing)
+            fam = get_or_create_family(session, key, mhash, ckpt.names())
+            final = name or free_name(session, default_name(ckpt.path), digest)
+            if name and session.scalar(select(m.Checkpoint.id).where(m.Checkpoint.name == name)):
+                raise AlreadyExistsError(
+                    f"checkpoint name {name!r} is taken by another checkpoint; choose another --name"
+                )
+            parent_row = resolve_checkpoint(session, parent) if parent else None
+            row = m.Checkpoint(
+                hash=digest,
+                name=final,
+                family_id=fam.id,
+                role=role,
+                path=str(ckpt.path),
+                manifest_hash=mhash,
+                dtype=ckpt.dtype_summary(),
+                num_tensors=len(ckpt.tensors),
+                num_params=ckpt.num_params(),
+                total_bytes=ckpt.total_bytes(),
+                parent_id=parent_row.id if parent_row else None,
+                created_by=current_actor(),
+            )
+            session.add(row)
+            session.flush()
+            return self._checkpoint_record(session, row)
+
+        return self.transaction(tx)
+
+    def get_model(self, ref: str) -> CheckpointRecord:
+        return self.read(lambda s: self._checkpoint_record(s, resolve_checkpoint(s, ref)))
+
+    def list_models(self, *, family: str | None = None, role: str | None = None) -> list[CheckpointRecord]:
+        def q(session: Session) -> list[CheckpointRecord]:
+            stmt = select(m.Checkpoint).order_by(m.Checkpoint.created_at, m.Checkpoint.id)
+            if family:
+                stmt = stmt.where(m.Checkpoint.family_id == resolve_family(session, family).id)
+            if role:
+                stmt = stmt.where(m.Checkpoint.role == role)
+            return [self._checkpoint_record(session, r) for r in session.scalars(stmt)]
+
+        return self.read(q)
+
+    @staticmethod
+    def _checkpoint_record(session: Session, row: m.Checkpoint) -> CheckpointRecord:
+        parent = session.get(m.Checkpoint, row.parent_id) if row.parent_id else None
+        return CheckpointRecord.from_row(row, parent=parent.hash if parent else None)
+
+    # --- families ------------------------------------------------------------
+
+    def list_families(self) -> list[FamilyRecord]:
+        def q(session: Session) -> list[FamilyRecord]:
+            ck = dict(
+                session.execute(
+                    select(m.Checkpoint.family_id, func.count()).group_by(m.Checkpoint.family_id)
+                ).all()
+            )
+            vc = dict(
+                session.execute(select(m.Vector.family_id, func.count()).group_by(m.Vector.family_id)).all()
+            )
+            rows = session.scalars(select(m.Family).order_by(m.Family.model_type, m.Family.created_at))
+            return [
+                FamilyRecord.from_row(r, checkpoints=ck.get(r.id, 0), vectors=vc.get(r.id, 0))
+                for r in rows
+            ]
+
+        return self.read(q)
+
+    def get_family(self, ref: str) -> FamilyRecord:
+        def q(session: Session) -> FamilyRecord:
+            row = resolve_family(session, ref)
+            ck = session.scalar(select(func.count()).where(m.Checkpoint.family_id == row.id))
+            vc = session.scalar(select(func.count()).where(m.Vector.family_id == row.id))
+            return FamilyRecord.from_row(row, checkpoints=ck or 0, vectors=vc or 0)
+
+        return self.read(q)
+
+

@@ -1,0 +1,141 @@
+"""Writing a patched checkpoint: ``θ = θ_T + Σ_l λ_l v_l``, streamed tensor by tensor.
+
+The output is a complete Hugging Face folder (config, tokenizer, generation
+config, safetensors shards with an index when there is more than one). It is
+written into a temp folder beside the destination and renamed into place only
+when complete, so a crash never leaves a half-written model under the final
+name. Every shard's metadata names the vector, the coefficients and the audit
+event, so ``audit identify`` works from the files alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from .checkpoint import Checkpoint
+from .errors import AlreadyExistsError, InvalidInputError
+from .store import fsync_dir
+
+DEFAULT_SHARD_BYTES = 2 * 1024**3
+_COPY_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack")
+META_PREFIX = "safegene."
+
+
+def _copy_side_files(src: Path, dst: Path) -> None:
+    """Copy config/tokenizer files; weights, links and odd names are not copied."""
+    for f in sorted(src.iterdir()):
+        if f.is_symlink() or not f.is_file() or not _COPY_RE.match(f.name):
+            continue
+        if f.name.endswith(_WEIGHT_SUFFIXES) or f.name == "model.safetensors.index.json":
+            continue
+        shutil.copyfile(f, dst / f.name)
+
+
+def prepare_output(out: Path, *, force: bool) -> Path:
+    """Check the destination and create a unique temp folder beside it."""
+    if out.exists() and not force:
+        raise AlreadyExistsError(f"{out} already exists; choose another --out or pass --force")
+    if out.exists() and not out.is_dir():
+        raise InvalidInputError(f"{out} exists and is not a folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}-{secrets.token_hex(4)}"
+    tmp.mkdir()
+    return tmp
+
+
+def write_patched(
+    target: Checkpoint,
+    deltas: dict[str, tuple[float, torch.Tensor]] | Callable[[str], tuple[float, torch.Tensor] | None],
+    out: Path,
+    *,
+    metadata: dict[str, str],
+    force: bool = False,
+    shard_bytes: int = DEFAULT_SHARD_BYTES,
+    progress: Callable[[int, int], None] | None = None,
+) -> Path:
+    """Write ``target`` with ``W + λ·v`` for every patched tensor into ``out``.
+
+    Args:
+        target: the validated target checkpoint.
+        deltas: tensor name -> (λ, v), or a function returning it (None = copy as is).
+        out: destination folder (must not exist unless ``force``).
+        metadata: strings stored in every shard's ``__metadata__``.
+        shard_bytes: maximum bytes per output shard.
+        progress: ``(tensors done, total)`` callback.
+
+    Returns:
+        The final folder.
+    """
+    lookup = deltas.get if isinstance(deltas, dict) else deltas
+    tmp = prepare_output(out, force=force)
+    try:
+        _copy_side_files(target.path, tmp)
+        shards = _write_shards(target, lookup, tmp, {"format": "pt", **metadata}, shard_bytes, progress)
+        if len(shards) > 1:
+            weight_map = {name: fname for fname, names in shards for name in names}
+            total = sum(target.tensors[n].nbytes for n in weight_map)
+            index = {"metadata": {"total_size": total, **metadata}, "weight_map": weight_map}
+            (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2, sort_keys=True))
+        fsync_dir(tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+        fsync_dir(out.parent)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _write_shards(target: Checkpoint, lookup: Callable[[str], tuple[float, torch.Tensor] | None], tmp: Path,
+                  metadata: dict[str, str], shard_bytes: int,
+                  progress: Callable[[int, int], None] | None) -> list[tuple[str, list[str]]]:  # fmt: skip
+    names = target.names()
+    groups: list[list[str]] = [[]]
+    size = 0
+    for n in names:
+        nbytes = target.tensors[n].nbytes
+        if groups[-1] and size + nbytes > shard_bytes:
+            groups.append([])
+            size = 0
+        groups[-1].append(n)
+        size += nbytes
+    files = (["model.safetensors"] if len(groups) == 1
+             else [f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors" for i in range(len(groups))])  # fmt: skip
+    done = 0
+    for fname, group in zip(files, groups, strict=True):
+        tensors: dict[str, torch.Tensor] = {}
+        for n in group:
+            w = target.get_tensor(n)
+            delta = lookup(n)
+            if delta is not None:
+                lam, v = delta
+                w = (w.to(torch.float32) + lam * v).to(w.dtype)
+            tensors[n] = w.contiguous()
+            done += 1
+            if progress:
+                progress(done, len(names))
+        save_file(tensors, str(tmp / fname), metadata=metadata)
+        with open(tmp / fname, "rb") as fh:
+            os.fsync(fh.fileno())
+    return list(zip(files, groups, strict=True))
+
+
+def read_patch_metadata(path: str | Path) -> dict[str, str]:
+    """The ``safegene.*`` metadata of a folder's first shard (empty when stripped)."""
+    ck = Checkpoint(path)
+    for fname in ck.files:
+        meta = {k: v for k, v in ck.metadata.get(fname, {}).items() if k.startswith(META_PREFIX)}
+        if meta:
+            return meta
+    return {}

@@ -1,0 +1,261 @@
+"""Few-shot, layer-wise recalibration and data-aware layer scoring (pure torch).
+
+The patched weights are linear in the per-block coefficients,
+``θ(λ) = θ_T + Σ_l λ_l · v_l``, so only the λ's are trained: the model's own
+parameters stay frozen and ``torch.func.functional_call`` substitutes
+``W_T + λ_l v_l`` for the tensors the vector carries. The loss is
+
+    CE(refusals | harmful shots)
+    + β · CE(answers | task shots)
+    + β_benign · (CE(helpful answers | benign shots), or KL to T when a benign
+      shot has no answer)
+    + γ · ‖λ‖₁
+
+with λ projected onto [0, λ_max] after every step. The benign term is what
+keeps the fit from converging to "refuse everything" (RESTA's failure mode).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch.func import functional_call
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from .errors import IncompatibleError, InvalidInputError
+from .probes import Probe
+from .textio import collate, encode_example, encode_prompt, pad_id_of
+
+Slices = dict[int, dict[str, torch.Tensor]]  # position -> tensor name -> v (fp32)
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    beta: float = 1.0
+    beta_benign: float = 1.0
+    gamma: float = 0.01
+    lambda_max: float = 2.0
+    init: float = 0.5
+    steps: int = 40
+    lr: float = 0.1
+    batch_size: int = 32
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class FitResult:
+    coefficients: dict[int, float]  # position -> λ
+    losses: list[float]
+    seconds: float
+    terms: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class ShotBatches:
+    harmful: list[dict[str, torch.Tensor]]
+    task: list[dict[str, torch.Tensor]]
+    benign: list[dict[str, torch.Tensor]]
+    benign_kl: list[dict[str, torch.Tensor]]
+
+
+def _chunks(examples: list[tuple[list[int], list[int]]], pad: int, size: int, device: str) -> list[dict[str, torch.Tensor]]:
+    out = []
+    for i in range(0, len(examples), size):
+        batch = collate(examples[i : i + size], pad, side="right")
+        out.append({k: v.to(device) for k, v in batch.items()})
+    return out
+
+
+def encode_shots(tokenizer: PreTrainedTokenizerBase, shots: Sequence[Probe], *, batch_size: int = 32,
+                 device: str = "cpu") -> ShotBatches:  # fmt: skip
+    """Tokenize shots into padded batches per kind.
+
+    Raises:
+        InvalidInputError: no harmful shot with a refusal to learn.
+    """
+    pad = pad_id_of(tokenizer)
+    harmful = [encode_example(tokenizer, p.prompt, p.response) for p in shots if p.kind == "harmful" and p.response]
+    task = [encode_example(tokenizer, p.prompt, p.response) for p in shots if p.kind == "task" and p.response]
+    benign = [encode_example(tokenizer, p.prompt, p.response) for p in shots if p.kind == "benign" and p.response]
+    kl = [(ids, ids) for ids in (encode_prompt(tokenizer, p.prompt) for p in shots
+                                 if p.kind == "benign" and not p.response)]  # fmt: skip
+    if not harmful:
+        raise InvalidInputError(
+            "the shots hold no harmful prompt with a refusal in 'response'; recalibration needs some"
+        )
+    return ShotBatches(*(_chunks(x, pad, batch_size, device) for x in (harmful, task, benign, kl)))
+
+
+def check_fits(model: PreTrainedModel, slices: Slices) -> None:
+    params = dict(model.named_parameters())
+    problems = []
+    for tensors in slices.values():
+        for name, v in tensors.items():
+            if name not in params:
+                problems.append(f"{name}: not a parameter of the loaded model")
+            elif tuple(params[name].shape) != tuple(v.shape):
+                problems.append(f"{name}: shape {list(v.shape)} vs model {list(params[name].shape)}")
+    if problems:
+        raise IncompatibleError("the vector does not fit the model", problems)
+
+
+def _lm_ce(model: PreTrainedModel, overrides: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    out = functional_call(model, overrides, args=(),
+                          kwargs={"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]})  # fmt: skip
+    logits = out.logits[:, :-1].float()
+    labels = batch["labels"][:, 1:]
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+
+
+def _kl_to_ref(model: PreTrainedModel, overrides: dict[str, torch.Tensor], batch: dict[str, torch.Tensor],
+               ref_logp: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    out = functional_call(model, overrides, args=(),
+                          kwargs={"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]})  # fmt: skip
+    logp = out.logits.float().log_softmax(-1)
+    mask = batch["attention_mask"].unsqueeze(-1).float()
+    kl = (ref_logp.exp() * (ref_logp - logp) * mask).sum() / mask.sum()
+    return kl
+
+
+class _Objective:
+    """The loss as a function of the coefficient vector."""
+
+    def __init__(self, model: PreTrainedModel, slices: Slices, batches: ShotBatches, settings: FitSettings) -> None:
+        self.model, self.settings, self.batches = model, settings, batches
+        self.positions = sorted(slices)
+        params = dict(model.named_parameters())
+        dev = next(model.parameters()).device
+        self.base = {n: params[n].detach() for s in slices.values() for n in s}
+        self.vecs = {p: {n: v.to(dev, params[n].dtype) for n, v in slices[p].items()} for p in self.positions}
+        with torch.no_grad():
+            self.ref_logp = [_kl_ref(model, b) for b in batches.benign_kl]
+
+    def overrides(self, lam: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = {}
+        for i, p in enumerate(self.positions):
+            for n, v in self.vecs[p].items():
+                out[n] = self.base[n] + lam[i].to(v.dtype) * v
+        return out
+
+    def terms(self, lam: torch.Tensor) -> dict[str, torch.Tensor]:
+        ov = self.overrides(lam)
+        b = self.batches
+        zero = lam.sum() * 0
+        harm = sum((_lm_ce(self.model, ov, x) for x in b.harmful), zero) / max(len(b.harmful), 1)
+        task = sum((_lm_ce(self.model, ov, x) for x in b.task), zero) / max(len(b.task), 1)
+        benign = sum((_lm_ce(self.model, ov, x) for x in b.benign), zero) / max(len(b.benign), 1)
+        kl = sum((_kl_to_ref(self.model, ov, x, r) for x, r in zip(b.benign_kl, self.ref_logp, strict=True)),
+                 zero) / max(len(b.benign_kl), 1)  # fmt: skip
+        return {"harmful": harm, "task": task, "benign": benign + kl}
+
+    def loss(self, lam: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        t = self.terms(lam)
+        s = self.settings
+        total = t["harmful"] + s.beta * t["task"] + s.beta_benign * t["benign"] + s.gamma * lam.abs().sum()
+        return total, {k: float(v.detach()) for k, v in t.items()}
+
+
+def _kl_ref(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    return out.logits.float().log_softmax(-1)
+
+
+def fit_coefficients(
+    model: PreTrainedModel,
+    slices: Slices,
+    batches: ShotBatches,
+    settings: FitSettings | None = None,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+) -> FitResult:
+    """Fit one coefficient per slice position by projected Adam on λ only.
+
+    Args:
+        model: the target model (frozen; its weights are not modified).
+        slices: the vector's slices to fit, position -> {tensor name: v}.
+        batches: encoded shots (:func:`encode_shots`).
+        settings: loss weights, bounds and optimiser settings.
+        progress: ``(step, steps)`` callback.
+
+    Returns:
+        λ per position, the loss curve and the wall time.
+    """
+    s = settings or FitSettings()
+    if not slices:
+        raise InvalidInputError("no layers to recalibrate")
+    check_fits(model, slices)
+    start = time.perf_counter()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    obj = _Objective(model, slices, batches, s)
+    dev = next(model.parameters()).device
+    lam = torch.full((len(obj.positions),), s.init, dtype=torch.float32, device=dev, requires_grad=True)
+    opt = torch.optim.Adam([lam], lr=s.lr)
+    losses: list[float] = []
+    terms: dict[str, float] = {}
+    for step in range(s.steps):
+        opt.zero_grad()
+        total, terms = obj.loss(lam)
+        total.backward()
+        opt.step()
+        with torch.no_grad():
+            lam.clamp_(0.0, s.lambda_max)
+        losses.append(float(total))
+        if progress:
+            progress(step + 1, s.steps)
+    with torch.no_grad():
+        final, terms = obj.loss(lam)
+    losses.append(float(final))
+    coefs = {p: round(float(v), 6) for p, v in zip(obj.positions, lam.detach().cpu(), strict=True)}
+    return FitResult(coefs, losses, time.perf_counter() - start, terms)
+
+
+@dataclass(frozen=True)
+class LayerScore:
+    position: int
+    safety_gain: float
+    task_cost: float
+
+    @property
+    def score(self) -> float:
+        return self.safety_gain - self.task_cost
+
+
+def score_layers(model: PreTrainedModel, slices: Slices, batches: ShotBatches, *, beta: float = 1.0,
+                 progress: Callable[[int, int], None] | None = None) -> list[LayerScore]:  # fmt: skip
+    """Measured data-aware score of each slice: add it alone (λ = 1) and compare.
+
+    ``safety_gain`` = drop in refusal CE on the harmful shots;
+    ``task_cost`` = rise in β·task CE + benign CE (or KL). Score = gain − cost.
+    """
+    check_fits(model, slices)
+    settings = FitSettings(beta=beta, gamma=0.0)
+    dev = next(model.parameters()).device
+    out = []
+    with torch.no_grad():
+        for i, pos in enumerate(sorted(slices)):
+            obj = _Objective(model, {pos: slices[pos]}, batches, settings)
+            base = obj.terms(torch.zeros(1, device=dev))
+            added = obj.terms(torch.ones(1, device=dev))
+            gain = float(base["harmful"] - added["harmful"])
+            cost = float(beta * (added["task"] - base["task"]) + (added["benign"] - base["benign"]))
+            out.append(LayerScore(pos, gain, cost))
+            if progress:
+                progress(i + 1, len(slices))
+    return out
+
+
+@torch.no_grad()
+def apply_in_memory(model: PreTrainedModel, slices: Slices, coefficients: dict[int, float]) -> None:
+    """``W ← W + λ_p v`` in place (fp32 arithmetic, cast back to the weight's dtype)."""
+    params = dict(model.named_parameters())
+    for pos, lam in coefficients.items():
+        for name, v in slices[pos].items():
+            w = params[name]
+            w.copy_((w.float() + lam * v.to(w.device)).to(w.dtype))

@@ -1,0 +1,264 @@
+"""Safety vectors: extraction (streaming, one block at a time), storage, listing.
+
+A vector is ``v = θ_aligned − θ_degraded`` computed in fp32, split into one
+slice per transformer block; each slice is one safetensors payload stored as
+a content-addressed blob, so a patch fetches only the blocks it uses. The
+vector's hash is the sha256 of its (label, blob hash) list.
+
+Which tensors a vector carries (``scope``):
+
+* ``blocks`` (default): the 2-D weights inside repeated blocks (attention and
+  MLP projections). Norm gains and embeddings drift for reasons unrelated to
+  safety and rescaling them is risky, so they are left out by default.
+* ``blocks+norms``: every tensor inside repeated blocks.
+* ``all``: also embeddings, final norm and ``lm_head`` (as one extra slice).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, selectinload
+
+from . import models as m
+from ._catalog import check_name, resolve_family, resolve_vector
+from ._core import RegistryCore, current_actor
+from .audit import append_event, vector_state_digest
+from .checkpoint import Checkpoint
+from .errors import AlreadyExistsError, IncompatibleError, InvalidInputError
+from .family import family_key, layer_of
+from .records import CheckpointRecord, VectorRecord
+
+SCOPES = ("blocks", "blocks+norms", "all")
+ENCODINGS = ("fp32", "bf16")
+EXTRA_LABEL = "extra"
+Progress = Callable[[int, int], None]
+
+
+def plan_slices(names: list[str], scope: str) -> list[tuple[int | None, str, list[str]]]:
+    """Group tensor names into slices: (block index or None, label, names)."""
+    if scope not in SCOPES:
+        raise InvalidInputError(f"scope {scope!r} is not one of {', '.join(SCOPES)}")
+    blocks: dict[int, list[str]] = {}
+    extra: list[str] = []
+    for name in names:
+        hit = layer_of(name)
+        if hit is not None:
+            blocks.setdefault(hit[0], []).append(name)
+        elif scope == "all":
+            extra.append(name)
+    out: list[tuple[int | None, str, list[str]]] = []
+    for idx in sorted(blocks):
+        members = sorted(blocks[idx])
+        prefix = members[0][: members[0].index(f".{idx}.")]
+        out.append((idx, f"{prefix}.{idx}", members))
+    if extra:
+        out.append((None, EXTRA_LABEL, sorted(extra)))
+    return out
+
+
+def _scope_filter(ckpt: Checkpoint, scope: str) -> list[str]:
+    if scope == "blocks":
+        return [n for n in ckpt.names() if layer_of(n) and len(ckpt.tensors[n].shape) >= 2]
+    return ckpt.names()
+
+
+def vector_hash(slices: list[tuple[str, str]]) -> str:
+    canon = json.dumps(slices, separators=(",", ":"))
+    return hashlib.sha256(b"safegene-vector-v1\n" + canon.encode()).hexdigest()
+
+
+def payload_skip(payload: bytes) -> int:
+    return 8 + int.from_bytes(payload[:8], "little")
+
+
+def decode_slice(payload: bytes) -> dict[str, torch.Tensor]:
+    return st_load(payload)
+
+
+class VectorOps(RegistryCore):
+    """Vector operations of :class:`registry.Registry` (a mixin)."""
+
+    def extract_vector(
+        self,
+        aligned: str | Path,
+        degraded: str | Path,
+        *,
+        name: str,
+        scope: str = "blocks",
+        encoding: str = "fp32",
+        progress: Progress | None = None,
+    ) -> VectorRecord:
+        """Extract ``v = aligned − degraded`` and register it.
+
+        Args:
+            aligned: folder (registered on the way, role aligned) or catalog REF.
+            degraded: folder (role degraded) or catalog REF.
+            name: catalog name of the vector.
+            scope: which tensors the vector carries (see module docstring).
+            encoding: ``fp32`` (lossless) or ``bf16`` (half the bytes; error recorded).
+            progress: ``(done, total)`` callback over slices.
+
+        Raises:
+            IncompatibleError: the two checkpoints are of different families or tensors differ.
+            InvalidInputError: NaN/Inf in the difference, bad scope or encoding.
+            AlreadyExistsError: the name is taken by another vector.
+        """
+        check_name(name, "vector name")
+        if encoding not in ENCODINGS:
+            raise InvalidInputError(f"encoding {encoding!r} is not one of {', '.join(ENCODINGS)}")
+        a_rec, a_ck = self._checkpoint_arg(aligned, "aligned")
+        d_rec, d_ck = self._checkpoint_arg(degraded, "degraded")
+        a_key, d_key = family_key(a_ck.config, a_ck.names()), family_key(d_ck.config, d_ck.names())
+        if a_key.id != d_key.id:
+            diff = [f"{k}: {v} vs {d_key.to_json()[k]}" for k, v in a_key.to_json().items()
+                    if d_key.to_json()[k] != v]  # fmt: skip
+            raise IncompatibleError("aligned and degraded checkpoints are of different families", diff)
+        names = _scope_filter(a_ck, scope)
+        if a_ck.manifest() != d_ck.manifest():
+            raise IncompatibleError("aligned and degraded checkpoints carry different tensors")
+        self._check_vector_name_free(name)
+        slices = plan_slices(names, scope)
+        if not slices:
+            raise InvalidInputError("no tensors fall in the chosen scope; try --scope all")
+        layers, meta = self._extract_slices(a_ck, d_ck, slices, encoding, progress)
+        meta.update(scope=scope, source_dtype=a_ck.dtype_summary(), num_blocks=a_key.num_layers)
+        return self._register_vector(name, a_key.id, a_rec, d_rec, encoding, scope, layers, meta)
+
+    def _checkpoint_arg(self, arg: str | Path, role: str) -> tuple[CheckpointRecord, Checkpoint]:
+        p = Path(arg)
+        if p.is_dir():
+            rec = self.add_model(p, role=role)
+            return rec, Checkpoint(p)
+        rec = self.get_model(str(arg))
+        return rec, Checkpoint(rec.path)
+
+    def _check_vector_name_free(self, name: str) -> None:
+        taken = self.read(lambda s: s.scalar(select(m.Vector.hash).where(m.Vector.name == name)))
+        if taken:
+            raise AlreadyExistsError(
+                f"a vector named {name!r} already exists (hash {taken[:12]}); choose another --name "
+                "or remove it with `safegene vector rm`"
+            )
+
+    def _extract_slices(self, a_ck: Checkpoint, d_ck: Checkpoint, slices: list[tuple[int | None, str, list[str]]],
+                        encoding: str, progress: Progress | None) -> tuple[list[dict[str, Any]], dict[str, Any]]:  # fmt: skip
+        layers: list[dict[str, Any]] = []
+        shapes: dict[str, list[int]] = {}
+        max_err = 0.0
+        for pos, (idx, label, members) in enumerate(slices):
+            tensors: dict[str, torch.Tensor] = {}
+            for n in members:
+                v = a_ck.get_tensor(n).to(torch.float32) - d_ck.get_tensor(n).to(torch.float32)
+                if not torch.isfinite(v).all():
+                    raise InvalidInputError(f"the difference for {n} has NaN or Inf values; check both checkpoints")
+                if encoding == "bf16":
+                    q = v.to(torch.bfloat16)
+                    max_err = max(max_err, float((q.float() - v).abs().max()))
+                    v = q
+                tensors[n] = v.contiguous()
+                shapes[n] = list(v.shape)
+            norm = float(torch.sqrt(sum((t.float() ** 2).sum() for t in tensors.values())))
+            payload = st_save(tensors)
+            info = self.store.put(payload, skip=payload_skip(payload), width=2 if encoding == "bf16" else 4)
+            layers.append({"position": pos, "index": idx, "label": label, "names": members,
+                           "blob": info, "norm": norm})  # fmt: skip
+            if progress:
+                progress(pos + 1, len(slices))
+        return layers, {"shapes": shapes, "max_abs_error": max_err}
+
+    def _register_vector(self, name: str, family_id: str, a_rec: CheckpointRecord, d_rec: CheckpointRecord, encoding: str,
+                         scope: str, layers: list[dict[str, Any]], meta: dict[str, Any]) -> VectorRecord:  # fmt: skip
+        digest = vector_hash([[lay["label"], lay["blob"].sha256] for lay in layers])
+        def tx(session: Session) -> VectorRecord:
+            existing = session.scalar(select(m.Vector).where(m.Vector.hash == digest))
+            if existing is not None:
+                if existing.name != name:
+                    raise AlreadyExistsError(
+                        f"this vector is already registered as {existing.name!r} (hash {digest[:12]})"
+                    )
+                return VectorRecord.from_row(existing)
+            for lay in layers:
+                info = lay["blob"]
+                if session.get(m.Blob, info.sha256) is None:
+                    session.add(m.Blob(sha256=info.sha256, codec=info.codec, raw_size=info.raw_size,
+                                       stored_size=info.stored_size))  # fmt: skip
+            a_row = session.scalar(select(m.Checkpoint).where(m.Checkpoint.hash == a_rec.hash))
+            d_row = session.scalar(select(m.Checkpoint).where(m.Checkpoint.hash == d_rec.hash))
+            row = m.Vector(
+                name=name, hash=digest, family_id=family_id,
+                aligned_id=a_row.id if a_row else None, degraded_id=d_row.id if d_row else None,
+                encoding=encoding, tensor_scope=scope, num_layers=len(layers),
+                raw_size=sum(lay["blob"].raw_size for lay in layers),
+                stored_size=sum(lay["blob"].stored_size for lay in layers),
+                meta_json=json.dumps(meta, sort_keys=True), created_by=current_actor(),
+            )  # fmt: skip
+            row.layers = [
+                m.VectorLayer(position=lay["position"], layer_index=lay["index"], label=lay["label"],
+                              tensor_names=json.dumps(lay["names"]), blob_sha256=lay["blob"].sha256,
+                              norm=lay["norm"], selected=lay["index"] is not None)
+                for lay in layers
+            ]  # fmt: skip
+            session.add(row)
+            session.flush()
+            append_event(session, "vector.register",
+                         {"name": name, "family": family_id, "aligned": a_rec.hash, "degraded": d_rec.hash,
+                          "encoding": encoding, "scope": scope, "state_digest": vector_state_digest(row)},
+                         actor=current_actor(), vector_hash=digest)  # fmt: skip
+            return VectorRecord.from_row(row)
+
+        return self.transaction(tx)
+
+    # --- reading --------------------------------------------------------------
+
+    def get_vector(self, ref: str) -> VectorRecord:
+        return self.read(lambda s: VectorRecord.from_row(_load_vector(s, ref)))
+
+    def list_vectors(self, *, family: str | None = None, limit: int | None = None) -> list[VectorRecord]:
+        def q(session: Session) -> list[VectorRecord]:
+            stmt = select(m.Vector).options(selectinload(m.Vector.layers), selectinload(m.Vector.aligned),
+                                            selectinload(m.Vector.degraded))  # fmt: skip
+            if family:
+                stmt = stmt.where(m.Vector.family_id == resolve_family(session, family).id)
+            stmt = stmt.order_by(m.Vector.created_at.desc(), m.Vector.id.desc()).limit(limit)
+            return [VectorRecord.from_row(r) for r in session.scalars(stmt)]
+
+        return self.read(q)
+
+    def load_vector_slices(self, vec: VectorRecord, *, positions: list[int] | None = None) -> dict[int, dict[str, torch.Tensor]]:
+        """Fetch (and verify) the slices at ``positions`` (default: all) as fp32 tensors."""
+        out: dict[int, dict[str, torch.Tensor]] = {}
+        for lay in vec.layers:
+            if positions is None or lay.position in positions:
+                tensors = decode_slice(self.store.get(lay.blob))
+                if sorted(tensors) != sorted(lay.tensor_names):
+                    raise InvalidInputError(f"slice {lay.label} of {vec.name} holds unexpected tensors")
+                out[lay.position] = {k: t.to(torch.float32) for k, t in tensors.items()}
+        return out
+
+    def remove_vector(self, ref: str) -> VectorRecord:
+        """Remove a vector from the catalog (its blobs stay until `gc`)."""
+        def tx(session: Session) -> VectorRecord:
+            row = _load_vector(session, ref)
+            rec = VectorRecord.from_row(row)
+            session.execute(m.Recalibration.__table__.delete().where(m.Recalibration.vector_id == row.id))
+            session.delete(row)
+            append_event(session, "vector.remove", {"name": rec.name}, actor=current_actor(), vector_hash=rec.hash)
+            return rec
+
+        return self.transaction(tx)
+
+    def count_vectors(self) -> int:
+        return self.read(lambda s: s.scalar(select(func.count()).select_from(m.Vector)) or 0)
+
+
+def _load_vector(session: Session, ref: str) -> m.Vector:
+    return resolve_vector(session, ref)
