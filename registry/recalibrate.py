@@ -206,7 +206,7 @@ def fit_coefficients(
         opt.step()
         with torch.no_grad():
             lam.clamp_(0.0, s.lambda_max)
-        losses.append(float(total))
+        losses.append(float(total.detach()))
         if progress:
             progress(step + 1, s.steps)
     with torch.no_grad():

@@ -20,7 +20,15 @@ from transformers import (
 
 from registry.api import Registry
 
-pytest_plugins: list[str] = []  # toy fixtures added below when present
+if (Path(__file__).parent / "toy_fixtures.py").is_file():
+    pytest_plugins = ["tests.toy_fixtures"]
+else:  # pragma: no cover - until the toy fixtures module lands
+
+    @pytest.fixture(scope="session")
+    def quick_world(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+        from registry.toy import build_world
+
+        return build_world("llama", tmp_path_factory.mktemp("quick-world"), seed=0, quick=True)
 
 PG_ADMIN_URL = os.environ.get("SAFEGENE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 

@@ -1,0 +1,159 @@
+"""Tamper evidence, verify/gc, and concurrent appends — on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import select, text, update
+
+from cli.main import cli
+from registry import models as m
+from registry.api import Registry
+
+AUDIT_FIELDS = ["kind", "actor", "tool_version", "created_at", "vector_hash", "target_hash", "output_hash",
+                "payload_json", "prev_hash", "entry_hash", "uid"]
+
+
+@pytest.fixture
+def chain_reg(reg: Registry, tiny_models: dict[str, Path], tmp_path: Path) -> Registry:
+    """A registry with a vector and three patch events (uniform coefficients, no model load)."""
+    reg.extract_vector(tiny_models["llama"], tiny_models["llama_b"], name="v")
+    for i in range(3):
+        reg.patch(tiny_models["llama_b"], "v", tmp_path / f"out{i}", coefficients=f"uniform:{0.5 + i}", layers="all")
+    return reg
+
+
+def _verify_problems(reg: Registry) -> list[str]:
+    return reg.verify().problems
+
+
+def _edit(reg: Registry, seq: int, **values: object) -> None:
+    reg.transaction(lambda s: s.execute(update(m.AuditEvent).where(m.AuditEvent.seq == seq).values(**values)))
+
+
+def test_clean_chain_verifies(chain_reg: Registry) -> None:
+    rep = chain_reg.verify()
+    assert rep.ok, rep.problems
+    assert rep.events_checked == 4  # register + 3 patches
+
+
+@pytest.mark.parametrize("field", AUDIT_FIELDS)
+def test_editing_any_field_is_detected(chain_reg: Registry, field: str) -> None:
+    original = chain_reg.read(lambda s: getattr(s.scalar(select(m.AuditEvent).where(m.AuditEvent.seq == 2)), field))
+    tampered = (original[:-1] + ("0" if original[-1] != "0" else "1")) if isinstance(original, str) else original
+    if field == "payload_json":
+        tampered = original.replace("0.5", "0.9")
+    if original is None:
+        tampered = "f" * 64
+    _edit(chain_reg, 2, **{field: tampered})
+    problems = chain_reg.audit_verify().problems
+    assert problems and "seq 2" in problems[0], (field, problems)
+
+
+def test_deleting_a_row_is_detected(chain_reg: Registry) -> None:
+    chain_reg.transaction(lambda s: s.execute(m.AuditEvent.__table__.delete().where(m.AuditEvent.seq == 3)))
+    rep = chain_reg.audit_verify()
+    assert not rep.ok and rep.first_bad_seq == 4
+
+
+def test_deleting_the_last_row_needs_the_head(chain_reg: Registry) -> None:
+    """Without an external anchor, truncating the tail is undetectable; the head export catches it."""
+    head = chain_reg.audit_head()
+    chain_reg.transaction(lambda s: s.execute(m.AuditEvent.__table__.delete().where(m.AuditEvent.seq == 4)))
+    assert chain_reg.audit_verify().ok
+    assert chain_reg.audit_head()["head"] != head["head"]
+
+
+def test_reordering_rows_is_detected(chain_reg: Registry) -> None:
+    def swap(s):  # type: ignore[no-untyped-def]
+        s.execute(update(m.AuditEvent).where(m.AuditEvent.seq == 2).values(seq=-2))
+        s.execute(update(m.AuditEvent).where(m.AuditEvent.seq == 3).values(seq=2))
+        s.execute(update(m.AuditEvent).where(m.AuditEvent.seq == -2).values(seq=3))
+
+    chain_reg.transaction(swap)
+    rep = chain_reg.audit_verify()
+    assert not rep.ok and rep.first_bad_seq == 2
+
+
+def test_editing_layer_scores_is_detected(chain_reg: Registry) -> None:
+    chain_reg.transaction(lambda s: s.execute(update(m.VectorLayer).where(m.VectorLayer.position == 0)
+                                              .values(score=9.0, selected=False)))
+    problems = _verify_problems(chain_reg)
+    assert any("vector v" in p and "edited" in p for p in problems), problems
+
+
+def test_verify_finds_missing_and_corrupt_blobs_and_gc_clears_orphans(chain_reg: Registry) -> None:
+    vec = chain_reg.get_vector("v")
+    store = chain_reg.store
+    store.path_for(vec.layers[0].blob).unlink()
+    p = store.path_for(vec.layers[1].blob)
+    raw = bytearray(p.read_bytes())
+    raw[-1] ^= 0xFF
+    p.write_bytes(bytes(raw))
+    orphan = store.put(b"orphan bytes").sha256
+    (store.tmp_dir / "dead.99999999.abcd.tmp").write_bytes(b"x")
+    res = CliRunner().invoke(cli, ["--home", str(chain_reg.home), "--db", chain_reg.db_url, "--json", "verify"])
+    assert res.exit_code == 1
+    import json
+
+    doc = json.loads(res.stdout)
+    assert not doc["ok"]
+    assert any("missing from the store" in x for x in doc["problems"])
+    assert any("corrupt" in x for x in doc["problems"])
+    assert any(orphan[:12] in x for x in doc["removable"])
+    rep = chain_reg.gc(temp_age_s=0)
+    assert orphan in rep.removed_blobs and "dead.99999999.abcd.tmp" in rep.removed_temp_files
+    assert not store.exists(orphan)
+    assert store.exists(vec.layers[1].blob)  # referenced blobs are never collected
+
+
+def test_cli_audit_commands(chain_reg: Registry, tmp_path: Path) -> None:
+    base = ["--home", str(chain_reg.home), "--db", chain_reg.db_url, "--json"]
+    import json
+
+    log = json.loads(CliRunner().invoke(cli, [*base, "audit", "log", "--kind", "patch"]).stdout)
+    assert [e["seq"] for e in log["events"]] == [2, 3, 4]
+    ident = json.loads(CliRunner().invoke(cli, [*base, "audit", "identify", str(tmp_path / "out1")]).stdout)
+    assert ident["event"] == log["events"][1]["uid"] and ident["output"] and ident["vector"] and ident["target"]
+    show = json.loads(CliRunner().invoke(cli, [*base, "audit", "show", "3"]).stdout)
+    assert show["uid"] == ident["event"]
+    ok = CliRunner().invoke(cli, [*base, "audit", "verify"])
+    assert ok.exit_code == 0 and json.loads(ok.stdout)["ok"] is True
+    _edit(chain_reg, 3, actor="mallory")
+    bad = CliRunner().invoke(cli, [*base, "audit", "verify"])
+    assert bad.exit_code == 1 and "seq 3" in json.loads(bad.stdout)["problems"][0]
+
+
+WORKER = textwrap.dedent("""
+    import sys
+    from registry import Registry
+    home, url, target, out, n = sys.argv[1:6]
+    reg = Registry.open(home, url)
+    for i in range(int(n)):
+        reg.patch(target, "v", f"{out}-{i}", coefficients=f"uniform:{0.1 * (i + 1)}", layers="all")
+""")
+
+
+def test_concurrent_patches_keep_one_linear_chain(reg: Registry, tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    reg.extract_vector(tiny_models["llama"], tiny_models["llama_b"], name="v")
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    procs = [subprocess.Popen([sys.executable, str(script), str(reg.home), reg.db_url, str(tiny_models["llama_b"]),
+                               str(tmp_path / f"w{k}"), "10"], stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "SAFEGENE_ACTOR": f"worker{k}"})
+             for k in range(4)]
+    for p in procs:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err
+    patches = reg.audit_log(kind="patch")
+    assert len(patches) == 40
+    assert {e.actor for e in patches} == {f"worker{k}" for k in range(4)}
+    rep = reg.verify()
+    assert rep.ok, rep.problems
+    assert reg.read(lambda s: s.execute(text("SELECT COUNT(DISTINCT seq) FROM audit_events")).scalar()) == 41

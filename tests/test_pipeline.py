@@ -1,0 +1,202 @@
+"""Extract → score → recalibrate → resolve → patch on real (toy) transformers checkpoints."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file, save_file
+from sqlalchemy import func, select
+from transformers import AutoModelForCausalLM
+
+from cli.main import cli
+from registry import models as m
+from registry.api import Registry
+from registry.checkpoint import Checkpoint
+from registry.errors import IncompatibleError, InvalidInputError
+from registry.recalibrate import FitSettings, apply_in_memory
+from registry.toy.build import ToyWorld
+
+FAST = FitSettings(steps=8)
+
+
+@pytest.fixture
+def world_reg(tmp_path: Path, quick_world: ToyWorld) -> Registry:
+    reg = Registry.open(tmp_path / "home")
+    reg.extract_vector(quick_world.models["aligned"], quick_world.models["degraded"], name="safety")
+    return reg
+
+
+def test_extract_is_exact_difference(world_reg: Registry, quick_world: ToyWorld) -> None:
+    vec = world_reg.get_vector("safety")
+    a, d = Checkpoint(quick_world.models["aligned"]), Checkpoint(quick_world.models["degraded"])
+    key_layers = [lay for lay in vec.layers if lay.index is not None]
+    config = json.loads((quick_world.models["aligned"] / "config.json").read_text())
+    n_layers = config.get("num_hidden_layers", config.get("n_layer"))
+    assert [lay.index for lay in key_layers] == list(range(n_layers))
+    slices = world_reg.load_vector_slices(vec)
+    for lay in vec.layers:
+        for name, v in slices[lay.position].items():
+            expected = a.get_tensor(name).float() - d.get_tensor(name).float()
+            assert torch.equal(v, expected), name
+            assert v.dim() == 2  # default scope: block matrices only
+    roles = {r.role for r in world_reg.list_models()}
+    assert roles == {"aligned", "degraded"}
+    assert vec.aligned == a.content_hash() and vec.degraded == d.content_hash()
+
+
+def test_extract_same_vector_twice_is_one_vector(world_reg: Registry, quick_world: ToyWorld) -> None:
+    from registry.errors import AlreadyExistsError
+
+    with pytest.raises(AlreadyExistsError):
+        world_reg.extract_vector(quick_world.models["aligned"], quick_world.models["degraded"], name="safety")
+    with pytest.raises(AlreadyExistsError, match="already registered as 'safety'"):
+        world_reg.extract_vector(quick_world.models["aligned"], quick_world.models["degraded"], name="other")
+    assert world_reg.count_vectors() == 1
+
+
+def test_extract_refuses_different_families(sqlite_reg: Registry, tiny_models: dict[str, Path]) -> None:
+    with pytest.raises(IncompatibleError, match="different families"):
+        sqlite_reg.extract_vector(tiny_models["llama"], tiny_models["qwen2"], name="bad")
+    assert sqlite_reg.count_vectors() == 0
+    assert not list(sqlite_reg.store.iter_shas())
+
+
+def test_extract_rejects_nan(sqlite_reg: Registry, tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    bad = tmp_path / "nan"
+    shutil.copytree(tiny_models["llama_b"], bad)
+    tensors = load_file(bad / "model.safetensors")
+    name = next(n for n in tensors if "layers.1.mlp" in n)
+    tensors[name][0, 0] = float("nan")
+    save_file(tensors, bad / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(InvalidInputError, match="NaN or Inf"):
+        sqlite_reg.extract_vector(tiny_models["llama"], bad, name="nanvec")
+    assert sqlite_reg.count_vectors() == 0
+
+
+def test_score_stores_layer_scores(world_reg: Registry, quick_world: ToyWorld) -> None:
+    vec = world_reg.score_vector("safety", quick_world.shots["all"])
+    blocks = [lay for lay in vec.layers if lay.index is not None]
+    assert all(lay.score is not None and lay.probe_set for lay in blocks)
+    assert all(lay.selected == (lay.score > 0 and lay.safety_gain > 0) for lay in blocks)  # type: ignore[operator]
+    assert any(lay.safety_gain and lay.safety_gain > 0 for lay in blocks)
+    res = CliRunner().invoke(cli, ["--home", str(world_reg.home), "--json", "vector", "show", "safety"])
+    doc = json.loads(res.stdout)
+    assert {"index", "score", "selected"} <= set(doc["layers"][0])
+    assert doc["aligned"] and doc["degraded"] and doc["family"]
+
+
+def test_recalibrate_bounds_and_cache(world_reg: Registry, quick_world: ToyWorld) -> None:
+    target = quick_world.task_model(quick_world.tasks[0])
+    shots = quick_world.shots[quick_world.tasks[0]]
+    res = world_reg.recalibrate(target, "safety", shots, layers="all", settings=FAST)
+    assert not res.cached and len(res.coefficients) >= 2
+    assert all(0.0 <= v <= FAST.lambda_max for v in res.coefficients.values())
+    assert res.losses[-1] < res.losses[0]
+    again = world_reg.recalibrate(target, "safety", shots, layers="all", settings=FAST)
+    assert again.cached and again.coefficients == res.coefficients
+    n = world_reg.read(lambda s: s.scalar(select(func.count()).select_from(m.Recalibration)))
+    assert n == 1
+
+
+def test_patch_matches_in_memory_application(world_reg: Registry, quick_world: ToyWorld, tmp_path: Path) -> None:
+    target = quick_world.task_model(quick_world.tasks[0])
+    out = tmp_path / "patched"
+    res = world_reg.patch(target, "safety", out, coefficients="auto", layers="all",
+                          shots=quick_world.shots[quick_world.tasks[0]], settings=FAST)
+    patched = AutoModelForCausalLM.from_pretrained(out, use_safetensors=True)
+    ref = AutoModelForCausalLM.from_pretrained(target, use_safetensors=True)
+    vec = world_reg.get_vector("safety")
+    slices = world_reg.load_vector_slices(vec)
+    key = {lay.position: str(lay.index) for lay in vec.layers}
+    apply_in_memory(ref, slices, {p: res.coefficients[key[p]] for p in slices})
+    ids = torch.tensor([[1, 5, 9, 12, 3, 7]])
+    with torch.no_grad():
+        torch.testing.assert_close(patched(ids).logits, ref(ids).logits, rtol=1e-5, atol=1e-5)
+    meta = Checkpoint(out).metadata["model.safetensors"]
+    assert meta["safegene.vector"] == vec.hash and meta["safegene.event"] == res.event
+    assert json.loads(meta["safegene.coefficients"]) == res.coefficients
+    rec = world_reg.get_model(res.hash)
+    assert rec.role == "patched" and rec.parent == Checkpoint(target).content_hash()
+    for f in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        assert (out / f).is_file()
+    assert not [p for p in out.parent.iterdir() if ".partial-" in p.name]
+
+
+def test_identify_survives_stripped_metadata(world_reg: Registry, quick_world: ToyWorld, tmp_path: Path) -> None:
+    target = quick_world.task_model(quick_world.tasks[0])
+    res = world_reg.patch(target, "safety", tmp_path / "p", coefficients="uniform:0.7", layers="all")
+    found = world_reg.identify(tmp_path / "p")
+    assert found.event == res.event and found.method == "metadata"
+    stripped = tmp_path / "stripped"
+    shutil.copytree(tmp_path / "p", stripped)
+    tensors = load_file(stripped / "model.safetensors")
+    save_file(tensors, stripped / "model.safetensors", metadata={"format": "pt"})
+    found = world_reg.identify(stripped)
+    assert found.event == res.event and found.method == "content-hash"
+    assert found.coefficients == {k: 0.7 for k in res.coefficients}
+
+
+def test_resolve_ranks_and_explains(world_reg: Registry, quick_world: ToyWorld, tiny_models: dict[str, Path]) -> None:
+    world_reg.extract_vector(tiny_models["llama"], tiny_models["llama_b"], name="other-family")
+    cands = world_reg.resolve(quick_world.task_model(quick_world.tasks[0]), include_incompatible=True)
+    assert cands[0].name == "safety" and cands[0].compatible and cands[0].reasons
+    bad = [c for c in cands if not c.compatible]
+    assert [c.name for c in bad] == ["other-family"] and bad[0].reasons
+    only = world_reg.resolve(quick_world.task_model(quick_world.tasks[0]))
+    assert [c.name for c in only] == ["safety"]
+
+
+# --- misuse through the CLI: clear error, non-zero exit, nothing written ---------
+
+
+def _cli(home: Path, *args: str) -> object:
+    return CliRunner().invoke(cli, ["--home", str(home), *args], catch_exceptions=False)
+
+
+def _counts(reg: Registry) -> tuple[int, int, int]:
+    return reg.read(lambda s: (s.scalar(select(func.count()).select_from(m.AuditEvent)),
+                               s.scalar(select(func.count()).select_from(m.Checkpoint)),
+                               s.scalar(select(func.count()).select_from(m.Recalibration))))
+
+
+def test_patch_misuse(world_reg: Registry, quick_world: ToyWorld, tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    home = world_reg.home
+    target = str(quick_world.task_model(quick_world.tasks[0]))
+    before = _counts(world_reg)
+    out = tmp_path / "o"
+    r = _cli(home, "patch", str(tiny_models["qwen2"]), "--vector", "safety", "--out", str(out), "--coefficients", "uniform")
+    assert r.exit_code == 6 and "does not fit" in r.stderr  # type: ignore[attr-defined]
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    r = _cli(home, "patch", target, "--vector", "safety", "--out", str(out), "--shots", str(empty), "--layers", "all")
+    assert r.exit_code == 5 and "no probes" in r.stderr  # type: ignore[attr-defined]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "x", "kind": "weird"}\n')
+    r = _cli(home, "patch", target, "--vector", "safety", "--out", str(out), "--shots", str(bad), "--layers", "all")
+    assert r.exit_code == 5 and "bad.jsonl:1" in r.stderr  # type: ignore[attr-defined]
+    r = _cli(home, "patch", target, "--vector", "safety", "--out", str(out))
+    assert r.exit_code == 5 and "--shots" in r.stderr  # type: ignore[attr-defined]
+    assert not out.exists()
+    assert _counts(world_reg) == before
+    out.mkdir()
+    r = _cli(home, "patch", target, "--vector", "safety", "--out", str(out), "--coefficients", "uniform", "--layers", "all")
+    assert r.exit_code == 4 and "--force" in r.stderr  # type: ignore[attr-defined]
+    r = _cli(home, "patch", target, "--vector", "safety", "--out", str(out), "--coefficients", "uniform", "--layers", "all", "--force")
+    assert r.exit_code == 0, r.stderr  # type: ignore[attr-defined]
+
+
+def test_no_layers_selected_is_refused(world_reg: Registry, quick_world: ToyWorld, tmp_path: Path) -> None:
+    def unselect(session):  # type: ignore[no-untyped-def]
+        for lay in session.scalars(select(m.VectorLayer)):
+            lay.selected = False
+
+    world_reg.transaction(unselect)
+    r = _cli(world_reg.home, "patch", str(quick_world.task_model(quick_world.tasks[0])), "--vector", "safety",
+             "--out", str(tmp_path / "o"), "--coefficients", "uniform")
+    assert r.exit_code == 5 and "no layers selected" in r.stderr  # type: ignore[attr-defined]
+    assert not (tmp_path / "o").exists()
