@@ -3,16 +3,24 @@
 Every encoded blob is self-describing::
 
     b"SGB1" | codec id (u8) | width (u8) | reserved (u16, zero) | skip (u32)
-    | raw size (u64) | blake2b-128 of the frame (16 bytes) | zstd frame
+    | raw size (u64) | blake2b-128 of the body (16 bytes)
+    | body: one (u64 length, zstd frame) per segment
 
-``skip`` leading bytes (a safetensors header) are kept as they are; the rest
-is split into ``width`` byte planes (all first bytes, then all second bytes,
-...) before zstd. Float deltas have a noisy low byte and a predictable
-sign/exponent byte, so grouping lets zstd see the predictable plane as one run.
-The frame digest makes any flipped byte of the stored file fail loudly, even
-one zstd would ignore; the payload's own sha256 (the blob's name) is checked
-by the store on top. Decoding never trusts the frame's own content size: output is capped at the
-recorded raw size, so a lying frame cannot balloon memory.
+A codec splits the payload into segments and compresses each as its own zstd
+frame, so each gets its own entropy tables. ``zstd`` has one segment.
+``zstd-bytegroup`` keeps the first ``skip`` bytes (a safetensors header) as one
+segment and splits the rest, words of ``width`` bytes (bf16/fp16/fp32), into
+byte planes after rotating each word left by one bit: the sign moves to the
+lowest bit and the top byte holds exactly the 8 exponent bits of a bf16/fp32
+value. Exponents of trained weights and of fine-tune deltas take few values
+while mantissas look random (ZipNN's observation), so the exponent plane
+compresses well and the mantissa planes are left to be what they are.
+
+The body digest makes any flipped byte of a stored file fail loudly, even one
+zstd would ignore; the payload's sha256 (the blob's name) is checked by the
+store on top. Decoding never trusts a frame's own content size: each segment's
+size follows from the header and output is capped at it, so a lying frame
+cannot balloon memory.
 """
 
 from __future__ import annotations
@@ -28,8 +36,10 @@ from .errors import IntegrityCheckError
 
 MAGIC = b"SGB1"
 _HEADER = struct.Struct("<4sBBHIQ16s")
+_LEN = struct.Struct("<Q")
 LEVEL = 3
 _THREADS_MIN_BYTES = 8 << 20  # below this zstd's worker threads cost more than they win
+_UINT = {2: np.dtype("<u2"), 4: np.dtype("<u4")}
 
 
 class Codec(abc.ABC):
@@ -39,22 +49,38 @@ class Codec(abc.ABC):
     codec_id: int
 
     @abc.abstractmethod
-    def transform(self, payload: bytes, *, skip: int, width: int) -> bytes:
-        """Reversible rearrangement applied before compression."""
+    def split(self, payload: bytes, *, skip: int, width: int) -> list[bytes]:
+        """Reversible split of the payload into segments compressed separately."""
 
     @abc.abstractmethod
-    def untransform(self, data: bytes, *, skip: int, width: int) -> bytes:
-        """Inverse of :meth:`transform`."""
+    def join(self, segments: list[bytes], *, skip: int, width: int) -> bytes:
+        """Inverse of :meth:`split`."""
+
+    @abc.abstractmethod
+    def segment_sizes(self, raw_size: int, *, skip: int, width: int) -> list[int]:
+        """Sizes of the segments of a payload of ``raw_size`` bytes."""
 
     def encode(self, payload: bytes, *, skip: int = 0, width: int = 1, level: int = LEVEL) -> bytes:
         threads = -1 if len(payload) >= _THREADS_MIN_BYTES else 0
         cctx = zstandard.ZstdCompressor(level=level, threads=threads, write_content_size=True)
-        body = cctx.compress(self.transform(payload, skip=skip, width=width))
+        frames = [cctx.compress(seg) for seg in self.split(payload, skip=skip, width=width)]
+        body = b"".join(_LEN.pack(len(f)) + f for f in frames)
         return _HEADER.pack(MAGIC, self.codec_id, width, 0, skip, len(payload), _digest(body)) + body
 
     def decode_body(self, body: bytes, *, raw_size: int, skip: int, width: int) -> bytes:
-        data = _decompress_capped(body, raw_size)
-        return self.untransform(data, skip=skip, width=width)
+        segments, pos = [], 0
+        for size in self.segment_sizes(raw_size, skip=skip, width=width):
+            if pos + _LEN.size > len(body):
+                raise IntegrityCheckError("blob body ends before its last segment")
+            (n,) = _LEN.unpack_from(body, pos)
+            frame = body[pos + _LEN.size : pos + _LEN.size + n]
+            if len(frame) != n:
+                raise IntegrityCheckError("blob segment runs past the end of the body")
+            segments.append(_decompress_capped(frame, size))
+            pos += _LEN.size + n
+        if pos != len(body):
+            raise IntegrityCheckError("blob body has trailing bytes")
+        return self.join(segments, skip=skip, width=width)
 
 
 class ZstdCodec(Codec):
@@ -63,27 +89,36 @@ class ZstdCodec(Codec):
     name = "zstd"
     codec_id = 1
 
-    def transform(self, payload: bytes, *, skip: int, width: int) -> bytes:
-        return payload
+    def split(self, payload: bytes, *, skip: int, width: int) -> list[bytes]:
+        return [payload]
 
-    def untransform(self, data: bytes, *, skip: int, width: int) -> bytes:
-        return data
+    def join(self, segments: list[bytes], *, skip: int, width: int) -> bytes:
+        return segments[0]
+
+    def segment_sizes(self, raw_size: int, *, skip: int, width: int) -> list[int]:
+        return [raw_size]
 
 
 class ByteGroupedZstdCodec(Codec):
-    """zstd over byte planes of 16- or 32-bit floats (lossless)."""
+    """zstd over sign-rotated byte planes of 16- or 32-bit floats (lossless)."""
 
     name = "zstd-bytegroup"
     codec_id = 2
 
-    def transform(self, payload: bytes, *, skip: int, width: int) -> bytes:
-        body = np.frombuffer(payload, dtype=np.uint8, offset=skip)
-        planes = body.reshape(-1, width).T
-        return payload[:skip] + planes.tobytes()
+    def split(self, payload: bytes, *, skip: int, width: int) -> list[bytes]:
+        words = np.frombuffer(payload, dtype=_UINT[width], offset=skip)
+        rotated = (words << 1) | (words >> (8 * width - 1))
+        planes = rotated.view(np.uint8).reshape(-1, width).T
+        return [payload[:skip]] + [planes[i].tobytes() for i in reversed(range(width))]
 
-    def untransform(self, data: bytes, *, skip: int, width: int) -> bytes:
-        body = np.frombuffer(data, dtype=np.uint8, offset=skip)
-        return data[:skip] + body.reshape(width, -1).T.tobytes()
+    def join(self, segments: list[bytes], *, skip: int, width: int) -> bytes:
+        planes = np.stack([np.frombuffer(p, dtype=np.uint8) for p in reversed(segments[1:])], axis=1)
+        words = np.ascontiguousarray(planes).view(_UINT[width]).reshape(-1)
+        restored = (words >> 1) | (words << (8 * width - 1))
+        return segments[0] + restored.astype(_UINT[width]).tobytes()
+
+    def segment_sizes(self, raw_size: int, *, skip: int, width: int) -> list[int]:
+        return [skip] + [(raw_size - skip) // width] * width
 
 
 CODECS: dict[str, Codec] = {c.name: c for c in (ZstdCodec(), ByteGroupedZstdCodec())}
@@ -101,7 +136,7 @@ def encode(payload: bytes, *, skip: int = 0, width: int = 1, codec: str | None =
     """Encode ``payload``; returns (codec name, stored bytes)."""
     c = CODECS[codec] if codec else choose_codec(len(payload), skip=skip, width=width)
     if c.name == "zstd":
-        width = 1
+        width, skip = 1, 0
     return c.name, c.encode(payload, skip=skip, width=width)
 
 
@@ -125,8 +160,8 @@ def decode(stored: bytes, *, max_size: int | None = None) -> bytes:
         raise IntegrityCheckError("blob body does not match its recorded digest")
     if max_size is not None and raw_size > max_size:
         raise IntegrityCheckError(f"blob claims {raw_size} bytes, more than the {max_size} allowed")
-    if width > 1 and (raw_size - skip) % width:
-        raise IntegrityCheckError("blob header width does not divide its size")
+    if (cid == ByteGroupedZstdCodec.codec_id) != (width > 1) or (width > 1 and (raw_size - skip) % width):
+        raise IntegrityCheckError("blob header width does not fit its codec and size")
     return _BY_ID[cid].decode_body(body, raw_size=raw_size, skip=skip, width=width)
 
 

@@ -103,8 +103,9 @@ def test_missing_blob_is_reported(tmp_path: Path) -> None:
 def test_lying_frame_size_is_refused() -> None:
     """A decompression bomb: the header claims few bytes, the frame holds many."""
     def blob(raw_size: int, frame: bytes) -> bytes:
-        digest = hashlib.blake2b(frame, digest_size=16).digest()
-        return struct.pack("<4sBBHIQ16s", codec.MAGIC, 1, 1, 0, 0, raw_size, digest) + frame
+        body = struct.pack("<Q", len(frame)) + frame
+        digest = hashlib.blake2b(body, digest_size=16).digest()
+        return struct.pack("<4sBBHIQ16s", codec.MAGIC, 1, 1, 0, 0, raw_size, digest) + body
 
     big = zstandard.ZstdCompressor().compress(b"\0" * (50 << 20))
     with pytest.raises(IntegrityCheckError, match="claims"):
