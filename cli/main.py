@@ -10,7 +10,7 @@ import click
 from registry import __version__
 from registry.errors import RegistryError
 
-from . import audit_cmds, catalog_cmds, pipeline_cmds, toy_cmds, vector_cmds
+from . import audit_cmds, catalog_cmds, exchange_cmds, pipeline_cmds, toy_cmds, vector_cmds  # noqa: F401 - exchange_cmds registers `vector export|import`
 from ._app import App
 from ._errors import exit_code_for, one_line
 from ._output import Output

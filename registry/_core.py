@@ -31,7 +31,7 @@ from ._catalog import (
 )
 from .checkpoint import Checkpoint
 from .errors import AlreadyExistsError, InvalidInputError
-from .family import family_key, manifest_hash
+from .family import FamilyKey, family_key, manifest_hash
 from .records import CheckpointRecord, FamilyRecord
 from .store import BlobStore
 
@@ -52,6 +52,28 @@ def current_actor() -> str:
     except (KeyError, OSError):
         user = f"uid{os.getuid()}"
     return f"{user}@{socket.gethostname()}"[:200]
+
+
+@dataclass(frozen=True)
+class PendingCheckpoint:
+    """A validated, hashed checkpoint folder, ready to be inserted."""
+
+    ckpt: Checkpoint
+    digest: str
+    key: FamilyKey
+    manifest_hash: str
+    name: str | None
+    role: str
+
+    @classmethod
+    def read(cls, path: str | Path, *, name: str | None, role: str) -> PendingCheckpoint:
+        if role not in ROLES:
+            raise InvalidInputError(f"role {role!r} is not one of {', '.join(ROLES)}")
+        if name is not None:
+            check_name(name, "checkpoint name")
+        ckpt = Checkpoint(path)
+        return cls(ckpt, ckpt.content_hash(), family_key(ckpt.config, ckpt.names()),
+                   manifest_hash(ckpt.manifest()), name, role)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -148,52 +170,47 @@ class RegistryCore:
             InvalidCheckpointError: unreadable or unsafe folder; nothing is written.
             AlreadyExistsError: ``name`` is taken by another checkpoint.
         """
-        if role not in ROLES:
-            raise InvalidInputError(f"role {role!r} is not one of {', '.join(ROLES)}")
-        if name is not None:
-            check_name(name, "checkpoint name")
-        ckpt = Checkpoint(path)
         if progress:
             progress("hashing tensors")
-        digest = ckpt.content_hash()
-        key = family_key(ckpt.config, ckpt.names())
-        mhash = manifest_hash(ckpt.manifest())
+        pending = PendingCheckpoint.read(path, name=name, role=role)
+        return self.transaction(lambda s: self._insert_checkpoint(s, pending, parent=parent))
 
-        def tx(session: Session) -> CheckpointRecord:
-            existing = session.scalar(select(m.Checkpoint).where(m.Checkpoint.hash == digest))
-            if existing is not None:
-                if name is not None and name != existing.name:
-                    raise AlreadyExistsError(
-                        f"this checkpoint is already registered as {existing.name!r} "
-                        f"(hash {digest[:12]}); refer to it by that name"
-                    )
-                return self._checkpoint_record(session, existing)
-            fam = get_or_create_family(session, key, mhash, ckpt.names())
-            final = name or free_name(session, default_name(ckpt.path), digest)
-            if name and session.scalar(select(m.Checkpoint.id).where(m.Checkpoint.name == name)):
+    def _insert_checkpoint(self, session: Session, ck: PendingCheckpoint, *, parent: str | None = None,
+                           record_path: Path | None = None) -> CheckpointRecord:  # fmt: skip
+        """Get-or-create the checkpoint row inside the caller's transaction."""
+        existing = session.scalar(select(m.Checkpoint).where(m.Checkpoint.hash == ck.digest))
+        if existing is not None:
+            if ck.name is not None and ck.name != existing.name:
                 raise AlreadyExistsError(
-                    f"checkpoint name {name!r} is taken by another checkpoint; choose another --name"
+                    f"this checkpoint is already registered as {existing.name!r} "
+                    f"(hash {ck.digest[:12]}); refer to it by that name"
                 )
-            parent_row = resolve_checkpoint(session, parent) if parent else None
-            row = m.Checkpoint(
-                hash=digest,
-                name=final,
-                family_id=fam.id,
-                role=role,
-                path=str(ckpt.path),
-                manifest_hash=mhash,
-                dtype=ckpt.dtype_summary(),
-                num_tensors=len(ckpt.tensors),
-                num_params=ckpt.num_params(),
-                total_bytes=ckpt.total_bytes(),
-                parent_id=parent_row.id if parent_row else None,
-                created_by=current_actor(),
+            return self._checkpoint_record(session, existing)
+        path = record_path or ck.ckpt.path
+        fam = get_or_create_family(session, ck.key, ck.manifest_hash, ck.ckpt.names())
+        final = ck.name or free_name(session, default_name(path), ck.digest)
+        if ck.name and session.scalar(select(m.Checkpoint.id).where(m.Checkpoint.name == ck.name)):
+            raise AlreadyExistsError(
+                f"checkpoint name {ck.name!r} is taken by another checkpoint; choose another --name"
             )
-            session.add(row)
-            session.flush()
-            return self._checkpoint_record(session, row)
-
-        return self.transaction(tx)
+        parent_row = resolve_checkpoint(session, parent) if parent else None
+        row = m.Checkpoint(
+            hash=ck.digest,
+            name=final,
+            family_id=fam.id,
+            role=ck.role,
+            path=str(path),
+            manifest_hash=ck.manifest_hash,
+            dtype=ck.ckpt.dtype_summary(),
+            num_tensors=len(ck.ckpt.tensors),
+            num_params=ck.ckpt.num_params(),
+            total_bytes=ck.ckpt.total_bytes(),
+            parent_id=parent_row.id if parent_row else None,
+            created_by=current_actor(),
+        )
+        session.add(row)
+        session.flush()
+        return self._checkpoint_record(session, row)
 
     def get_model(self, ref: str) -> CheckpointRecord:
         return self.read(lambda s: self._checkpoint_record(s, resolve_checkpoint(s, ref)))

@@ -28,6 +28,7 @@ from sqlalchemy.engine.url import make_url
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from ._faults import crashpoint
 from .errors import ConfigurationError, ConflictError, SchemaOutdatedError
 
 T = TypeVar("T")
@@ -132,7 +133,9 @@ def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
     session = factory()
     try:
         yield session
+        crashpoint("db.before-commit")
         session.commit()
+        crashpoint("db.committed")
     except BaseException:
         session.rollback()
         raise

@@ -13,10 +13,11 @@ from sqlalchemy.orm import Session
 from . import models as m
 from ._catalog import resolve_checkpoint, resolve_vector
 from ._core import RegistryCore
+from ._faults import crashpoint
 from .audit import ChainReport, check_vector_states, verify_chain
 from .checkpoint import Checkpoint
 from .errors import EventNotFoundError, IntegrityCheckError, InvalidInputError
-from .patching import read_patch_metadata
+from .patching import LEASE_PREFIX, read_patch_metadata, reclaim_partial
 from .records import AuditRecord
 
 
@@ -166,11 +167,15 @@ class AuditOps(RegistryCore):
             freed += path.stat().st_size
             removed.append(sha)
             if not dry_run:
+                crashpoint("gc.delete-blob")
                 self.store.delete(sha)
         temps = self.store.stale_temp_files(older_than_s=temp_age_s)
         for t in temps:
             freed += t.stat().st_size
             if not dry_run:
+                crashpoint("gc.delete-temp")
+                if t.name.startswith(LEASE_PREFIX):
+                    reclaim_partial(t)
                 t.unlink(missing_ok=True)
         return GcReport(removed, [t.name for t in temps], freed)
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from ._faults import crashpoint
 from .checkpoint import Checkpoint
 from .errors import AlreadyExistsError, InvalidInputError
 from .store import fsync_dir
@@ -41,16 +42,42 @@ def _copy_side_files(src: Path, dst: Path) -> None:
         shutil.copyfile(f, dst / f.name)
 
 
-def prepare_output(out: Path, *, force: bool) -> Path:
-    """Check the destination and create a unique temp folder beside it."""
+LEASE_PREFIX = "patch-lease."
+PARTIAL_MARK = ".partial-"
+
+
+def prepare_output(out: Path, *, force: bool, lease_dir: Path | None = None) -> tuple[Path, Path | None]:
+    """Check the destination and create a unique temp folder beside it.
+
+    When ``lease_dir`` is given, a lease file there names the temp folder, so
+    that `gc` can find and remove it if this process dies before the rename.
+    """
     if out.exists() and not force:
         raise AlreadyExistsError(f"{out} already exists; choose another --out or pass --force")
     if out.exists() and not out.is_dir():
         raise InvalidInputError(f"{out} exists and is not a folder")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}-{secrets.token_hex(4)}"
+    token = f"{os.getpid()}.{secrets.token_hex(4)}"
+    tmp = out.parent.resolve() / f".{out.name}{PARTIAL_MARK}{token}"
+    lease = None
+    if lease_dir is not None:
+        lease_dir.mkdir(parents=True, exist_ok=True)
+        lease = lease_dir / f"{LEASE_PREFIX}{token}.tmp"
+        lease.write_text(str(tmp), encoding="utf-8")
     tmp.mkdir()
-    return tmp
+    return tmp, lease
+
+
+def reclaim_partial(lease: Path) -> Path | None:
+    """Remove the temp folder a dead writer's lease names (only a real partial folder)."""
+    try:
+        target = Path(lease.read_text(encoding="utf-8").strip())
+    except (OSError, UnicodeDecodeError):
+        return None
+    if PARTIAL_MARK in target.name and target.name.startswith(".") and target.is_dir() and not target.is_symlink():
+        shutil.rmtree(target, ignore_errors=True)
+        return target
+    return None
 
 
 def write_patched(
@@ -60,6 +87,8 @@ def write_patched(
     *,
     metadata: dict[str, str],
     force: bool = False,
+    lease_dir: Path | None = None,
+    before_rename: Callable[[Path], None] | None = None,
     shard_bytes: int = DEFAULT_SHARD_BYTES,
     progress: Callable[[int, int], None] | None = None,
 ) -> Path:
@@ -69,6 +98,9 @@ def write_patched(
         target: the validated target checkpoint.
         deltas: tensor name -> (λ, v), or a function returning it (None = copy as is).
         out: destination folder (must not exist unless ``force``).
+        lease_dir: where to leave a lease naming the temp folder (for `gc`).
+        before_rename: called with the complete, fsynced temp folder just
+            before it takes its final name (e.g. to record it in the catalog).
         metadata: strings stored in every shard's ``__metadata__``.
         shard_bytes: maximum bytes per output shard.
         progress: ``(tensors done, total)`` callback.
@@ -77,7 +109,7 @@ def write_patched(
         The final folder.
     """
     lookup = deltas.get if isinstance(deltas, dict) else deltas
-    tmp = prepare_output(out, force=force)
+    tmp, lease = prepare_output(out, force=force, lease_dir=lease_dir)
     try:
         _copy_side_files(target.path, tmp)
         shards = _write_shards(target, lookup, tmp, {"format": "pt", **metadata}, shard_bytes, progress)
@@ -87,13 +119,19 @@ def write_patched(
             index = {"metadata": {"total_size": total, **metadata}, "weight_map": weight_map}
             (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2, sort_keys=True))
         fsync_dir(tmp)
+        if before_rename is not None:
+            before_rename(tmp)
+        crashpoint("patch.before-rename")
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
         fsync_dir(out.parent)
+        crashpoint("patch.renamed")
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+        if lease is not None:
+            lease.unlink(missing_ok=True)
     return out
 
 
@@ -126,6 +164,7 @@ def _write_shards(target: Checkpoint, lookup: Callable[[str], tuple[float, torch
             if progress:
                 progress(done, len(names))
         save_file(tensors, str(tmp / fname), metadata=metadata)
+        crashpoint("patch.shard-written")
         with open(tmp / fname, "rb") as fh:
             os.fsync(fh.fileno())
     return list(zip(files, groups, strict=True))

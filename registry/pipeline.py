@@ -15,15 +15,21 @@ from sqlalchemy.orm import Session
 
 from . import models as m
 from ._catalog import resolve_vector
-from ._core import current_actor
+from ._core import PendingCheckpoint, current_actor
 from .audit import append_event, canonical_json, new_uid, vector_state_digest
 from .checkpoint import Checkpoint
-from .errors import AlreadyExistsError, IncompatibleError, InvalidInputError
+from .errors import (
+    AlreadyExistsError,
+    EventNotFoundError,
+    IncompatibleError,
+    InvalidInputError,
+    RegistryError,
+)
 from .family import compatibility_reasons, family_key
-from .patching import write_patched
+from .patching import read_patch_metadata, write_patched
 from .probes import Probe, load_probes, probes_hash
 from .recalibrate import FitSettings, encode_shots, fit_coefficients, score_layers
-from .records import VectorRecord
+from .records import AuditRecord, VectorRecord
 from .textio import load_model, load_tokenizer
 from .vectors import EXTRA_LABEL, VectorOps
 
@@ -174,6 +180,15 @@ class PipelineOps(VectorOps):
 
         return self.transaction(tx)
 
+    def audit_show_uid(self, uid: str) -> AuditRecord:
+        def q(session: Session) -> AuditRecord:
+            row = session.scalar(select(m.AuditEvent).where(m.AuditEvent.uid == uid))
+            if row is None:
+                raise EventNotFoundError(uid)
+            return AuditRecord.from_row(row)
+
+        return self.read(q)
+
     def _degraded_path(self, vec: VectorRecord) -> Path:
         if not vec.degraded:
             raise InvalidInputError(f"vector {vec.name} has no degraded checkpoint on record; pass --target DIR")
@@ -306,11 +321,17 @@ class PipelineOps(VectorOps):
         ck = Checkpoint(target)
         self._fit_check(vec, ck)
         out_path = Path(out)
-        if out_path.exists() and not force:
+        target_hash = ck.content_hash()
+        if out_path.exists() and not force and not self._same_patch_meta(out_path, vec, target_hash):
             raise AlreadyExistsError(f"{out_path} already exists; choose another --out or pass --force")
         positions = select_positions(vec, layers)
         coefs = self.coefficients_for(vec, target, coefficients, positions, shots=shots,
                                       settings=settings, device=device, progress=None)  # fmt: skip
+        if out_path.exists() and not force:
+            earlier = self._completed_patch(out_path, vec, target_hash, coefs)
+            if earlier is None:
+                raise AlreadyExistsError(f"{out_path} already exists; choose another --out or pass --force")
+            return earlier
         target_rec = self.add_model(ck.path, role="task")
         key_of = {lay.position: layer_key(lay.index) for lay in vec.layers}
         slices = self.load_vector_slices(vec, positions=positions)
@@ -318,19 +339,52 @@ class PipelineOps(VectorOps):
         uid = new_uid()
         meta = {"safegene.vector": vec.hash, "safegene.vector_name": vec.name, "safegene.event": uid,
                 "safegene.target": target_rec.hash, "safegene.coefficients": canonical_json(coefs)}  # fmt: skip
-        write_patched(ck, deltas, out_path, metadata=meta, force=force, progress=progress)
-        out_rec = self.add_model(out_path, role="patched", parent=target_rec.hash)
         payload = {"vector": vec.name, "coefficients": coefs, "target_path": str(ck.path),
                    "output_path": str(out_path.resolve()), "coefficient_spec": coefficients,
                    "layers": [key_of[p] for p in positions]}  # fmt: skip
+        done: list[PatchResult] = []
 
-        def tx(session: Session) -> PatchResult:
-            ev = append_event(session, "patch", payload, actor=current_actor(), uid=uid, vector_hash=vec.hash,
-                              target_hash=target_rec.hash, output_hash=out_rec.hash)  # fmt: skip
-            return PatchResult(uid, ev.seq, str(out_path.resolve()), out_rec.hash, vec.hash, vec.name,
-                               target_rec.hash, coefs)  # fmt: skip
+        def register(staged: Path) -> None:
+            # Catalog row and audit event commit before the folder takes its final
+            # name: a crash in between leaves a record and a reclaimable temp
+            # folder, never an unrecorded patched model.
+            pending = PendingCheckpoint.read(staged, name=None, role="patched")
 
-        return self.transaction(tx)
+            def tx(session: Session) -> PatchResult:
+                out_rec = self._insert_checkpoint(session, pending, parent=target_rec.hash,
+                                                  record_path=out_path.resolve())  # fmt: skip
+                ev = append_event(session, "patch", payload, actor=current_actor(), uid=uid, vector_hash=vec.hash,
+                                  target_hash=target_rec.hash, output_hash=out_rec.hash)  # fmt: skip
+                return PatchResult(uid, ev.seq, str(out_path.resolve()), out_rec.hash, vec.hash, vec.name,
+                                   target_rec.hash, coefs)  # fmt: skip
+
+            done.append(self.transaction(tx))
+
+        write_patched(ck, deltas, out_path, metadata=meta, force=force, lease_dir=self.store.tmp_dir,
+                      before_rename=register, progress=progress)  # fmt: skip
+        return done[0]
+
+    @staticmethod
+    def _same_patch_meta(out: Path, vec: VectorRecord, target_hash: str) -> bool:
+        try:
+            meta = read_patch_metadata(out)
+        except RegistryError:
+            return False
+        return meta.get("safegene.vector") == vec.hash and meta.get("safegene.target") == target_hash
+
+    def _completed_patch(self, out: Path, vec: VectorRecord, target_hash: str,
+                         coefs: dict[str, float]) -> PatchResult | None:  # fmt: skip
+        """The earlier run's result when ``out`` is exactly this patch, already recorded."""
+        meta = read_patch_metadata(out)
+        if json.loads(meta.get("safegene.coefficients", "null")) != coefs:
+            return None
+        try:
+            ev = self.audit_show_uid(meta["safegene.event"])
+        except RegistryError:
+            return None
+        if ev.kind != "patch" or ev.vector_hash != vec.hash or ev.target_hash != target_hash or not ev.output_hash:
+            return None
+        return PatchResult(ev.uid, ev.seq, str(out.resolve()), ev.output_hash, vec.hash, vec.name, target_hash, coefs)
 
 
 def _rank(vec: VectorRecord, family_id: str, manifest: dict[str, tuple[int, ...]], tied: bool,

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import codec as _codec
+from ._faults import crashpoint
 from .errors import IntegrityCheckError, InvalidInputError
 
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -67,10 +68,13 @@ def atomic_write(path: Path, data: bytes, *, tmp_dir: Path | None = None) -> Non
     try:
         with open(tmp, "xb") as fh:
             fh.write(data)
+            crashpoint("store.temp-written")
             fh.flush()
             os.fsync(fh.fileno())
+        crashpoint("store.before-rename")
         os.replace(tmp, path)
         fsync_dir(path.parent)
+        crashpoint("store.renamed")
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session, selectinload
 from . import models as m
 from ._catalog import check_name, resolve_family, resolve_vector
 from ._core import RegistryCore, current_actor
+from ._faults import crashpoint
 from .audit import append_event, vector_state_digest
 from .checkpoint import Checkpoint
 from .errors import AlreadyExistsError, IncompatibleError, InvalidInputError
@@ -171,12 +172,18 @@ class VectorOps(RegistryCore):
             info = self.store.put(payload, skip=payload_skip(payload), width=2 if encoding == "bf16" else 4)
             layers.append({"position": pos, "index": idx, "label": label, "names": members,
                            "blob": info, "norm": norm})  # fmt: skip
+            crashpoint("extract.slice-stored")
             if progress:
                 progress(pos + 1, len(slices))
         return layers, {"shapes": shapes, "max_abs_error": max_err}
 
-    def _register_vector(self, name: str, family_id: str, a_rec: CheckpointRecord, d_rec: CheckpointRecord, encoding: str,
-                         scope: str, layers: list[dict[str, Any]], meta: dict[str, Any]) -> VectorRecord:  # fmt: skip
+    def _register_vector(self, name: str, family_id: str, a_rec: CheckpointRecord | None, d_rec: CheckpointRecord | None,
+                         encoding: str, scope: str, layers: list[dict[str, Any]], meta: dict[str, Any], *,
+                         prepare: Callable[[Session], None] | None = None,
+                         event_extra: dict[str, Any] | None = None) -> VectorRecord:  # fmt: skip
+        # prepare: runs first inside the transaction (e.g. an import creating its family row);
+        # layer dicts may carry score/safety_gain/task_cost/selected/probe_set (bundle import);
+        # event_extra is merged into the vector.register audit payload.
         digest = vector_hash([[lay["label"], lay["blob"].sha256] for lay in layers])
         def tx(session: Session) -> VectorRecord:
             existing = session.scalar(select(m.Vector).where(m.Vector.hash == digest))
@@ -186,13 +193,15 @@ class VectorOps(RegistryCore):
                         f"this vector is already registered as {existing.name!r} (hash {digest[:12]})"
                     )
                 return VectorRecord.from_row(existing)
+            if prepare is not None:
+                prepare(session)
             for lay in layers:
                 info = lay["blob"]
                 if session.get(m.Blob, info.sha256) is None:
                     session.add(m.Blob(sha256=info.sha256, codec=info.codec, raw_size=info.raw_size,
                                        stored_size=info.stored_size))  # fmt: skip
-            a_row = session.scalar(select(m.Checkpoint).where(m.Checkpoint.hash == a_rec.hash))
-            d_row = session.scalar(select(m.Checkpoint).where(m.Checkpoint.hash == d_rec.hash))
+            a_row = session.scalar(select(m.Checkpoint).where(m.Checkpoint.hash == a_rec.hash)) if a_rec else None
+            d_row = session.scalar(select(m.Checkpoint).where(m.Checkpoint.hash == d_rec.hash)) if d_rec else None
             row = m.Vector(
                 name=name, hash=digest, family_id=family_id,
                 aligned_id=a_row.id if a_row else None, degraded_id=d_row.id if d_row else None,
@@ -204,14 +213,17 @@ class VectorOps(RegistryCore):
             row.layers = [
                 m.VectorLayer(position=lay["position"], layer_index=lay["index"], label=lay["label"],
                               tensor_names=json.dumps(lay["names"]), blob_sha256=lay["blob"].sha256,
-                              norm=lay["norm"], selected=lay["index"] is not None)
+                              norm=lay["norm"], selected=lay.get("selected", lay["index"] is not None),
+                              score=lay.get("score"), safety_gain=lay.get("safety_gain"),
+                              task_cost=lay.get("task_cost"), probe_set_hash=lay.get("probe_set"))
                 for lay in layers
             ]  # fmt: skip
             session.add(row)
             session.flush()
             append_event(session, "vector.register",
-                         {"name": name, "family": family_id, "aligned": a_rec.hash, "degraded": d_rec.hash,
-                          "encoding": encoding, "scope": scope, "state_digest": vector_state_digest(row)},
+                         {"name": name, "family": family_id, "aligned": a_rec.hash if a_rec else None,
+                          "degraded": d_rec.hash if d_rec else None, "encoding": encoding, "scope": scope,
+                          **(event_extra or {}), "state_digest": vector_state_digest(row)},
                          actor=current_actor(), vector_hash=digest)  # fmt: skip
             return VectorRecord.from_row(row)
 
