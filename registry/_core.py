@@ -101,6 +101,9 @@ class RegistryCore:
         )
         self.engine = db.create_catalog_engine(self.db_url)
         self._factory = sessionmaker(self.engine, expire_on_commit=False)
+        self._read_engine = (db.create_catalog_engine(self.db_url, for_reads=True)
+                             if db.is_sqlite(self.engine) else self.engine)  # fmt: skip
+        self._read_factory = sessionmaker(self._read_engine, expire_on_commit=False)
         self.store = BlobStore(self.home / "store")
 
     @classmethod
@@ -117,6 +120,7 @@ class RegistryCore:
 
     def close(self) -> None:
         self.engine.dispose()
+        self._read_engine.dispose()
 
     def __enter__(self) -> Self:
         return self
@@ -141,7 +145,7 @@ class RegistryCore:
         return db.run_in_transaction(self._factory, fn)
 
     def read(self, fn: Callable[[Session], T]) -> T:
-        with db.session_scope(self._factory) as session:
+        with db.session_scope(self._read_factory) as session:
             return fn(session)
 
     # --- checkpoints ---------------------------------------------------------

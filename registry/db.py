@@ -48,8 +48,11 @@ def _sqlite_path(url: str) -> Path | None:
     return Path(u.database)
 
 
-def create_catalog_engine(url: str) -> Engine:
+def create_catalog_engine(url: str, *, for_reads: bool = False) -> Engine:
     """Create an engine for a catalog URL (SQLite file or PostgreSQL).
+
+    ``for_reads`` (SQLite only): transactions start deferred, so readers never
+    queue behind the write lock (WAL lets them read a consistent snapshot).
 
     Raises:
         ConfigurationError: unsupported or malformed URL.
@@ -64,18 +67,18 @@ def create_catalog_engine(url: str) -> Engine:
         assert path is not None
         path.parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"timeout": _BUSY_MS / 1000})
-        _configure_sqlite(engine)
+        _configure_sqlite(engine, begin="BEGIN" if for_reads else "BEGIN IMMEDIATE")
         return engine
     if backend == "postgresql":
         if u.drivername == "postgresql":
             u = u.set(drivername="postgresql+psycopg")
-        return create_engine(u, pool_pre_ping=True)
+        return create_engine(u)
     raise ConfigurationError(
         f"unsupported database {backend!r}: use a sqlite:///PATH or postgresql+psycopg:// URL"
     )
 
 
-def _configure_sqlite(engine: Engine) -> None:
+def _configure_sqlite(engine: Engine, *, begin: str) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         # Let SQLAlchemy emit BEGIN itself (below) instead of pysqlite's lazy BEGIN.
@@ -89,7 +92,7 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        conn.exec_driver_sql(begin)
 
 
 def is_sqlite(engine: Engine) -> bool:

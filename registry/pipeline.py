@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from . import models as m
@@ -25,7 +25,7 @@ from .errors import (
     InvalidInputError,
     RegistryError,
 )
-from .family import compatibility_reasons, family_key
+from .family import compatibility_reasons, family_key, manifest_hash
 from .patching import read_patch_metadata, write_patched
 from .probes import Probe, load_probes, probes_hash
 from .recalibrate import FitSettings, encode_shots, fit_coefficients, score_layers
@@ -266,16 +266,25 @@ class PipelineOps(VectorOps):
         ck = Checkpoint(target)
         key = family_key(ck.config, ck.names())
         manifest = ck.manifest()
+        target_manifest = manifest_hash(manifest)
 
         def q(session: Session) -> list[Candidate]:
-            stmt = select(m.Vector)
+            # One lean query (no ORM objects): vector columns plus per-vector layer counts.
+            scored = func.count(m.VectorLayer.score)
+            selected = func.sum(case((m.VectorLayer.selected.is_(True), 1), else_=0))
+            stmt = (select(m.Vector.name, m.Vector.hash, m.Vector.family_id, m.Vector.meta_json,
+                           m.Vector.aligned_id, m.Vector.degraded_id, scored, selected)
+                    .outerjoin(m.VectorLayer, m.VectorLayer.vector_id == m.Vector.id)
+                    .group_by(m.Vector.id))  # fmt: skip
             if not include_incompatible:
                 stmt = stmt.where(m.Vector.family_id == key.id)
+            family_vectors = select(m.Vector.hash).where(m.Vector.family_id == key.id)
             patches = dict(session.execute(
-                select(m.AuditEvent.vector_hash, func.count()).where(m.AuditEvent.kind == "patch")
+                select(m.AuditEvent.vector_hash, func.count())
+                .where(m.AuditEvent.kind == "patch", m.AuditEvent.vector_hash.in_(family_vectors))
                 .group_by(m.AuditEvent.vector_hash)).all())  # fmt: skip
-            out = [_rank(VectorRecord.from_row(v), key.id, manifest, key.tied_embeddings, patches.get(v.hash, 0))
-                   for v in session.scalars(stmt)]  # fmt: skip
+            out = [_rank(_RankInput(*row), key.id, manifest, target_manifest, key.tied_embeddings,
+                         patches.get(row[1], 0)) for row in session.execute(stmt)]  # fmt: skip
             out.sort(key=lambda c: (not c.compatible, -c.rank_score, c.name))
             return out
 
@@ -387,25 +396,40 @@ class PipelineOps(VectorOps):
         return PatchResult(ev.uid, ev.seq, str(out.resolve()), ev.output_hash, vec.hash, vec.name, target_hash, coefs)
 
 
-def _rank(vec: VectorRecord, family_id: str, manifest: dict[str, tuple[int, ...]], tied: bool,
-          prior_patches: int) -> Candidate:  # fmt: skip
+@dataclass(frozen=True)
+class _RankInput:
+    name: str
+    hash: str
+    family: str
+    meta_json: str
+    aligned_id: int | None
+    degraded_id: int | None
+    scored: int
+    selected: int | None
+
+
+def _rank(vec: _RankInput, family_id: str, manifest: dict[str, tuple[int, ...]], target_manifest: str,
+          tied: bool, prior_patches: int) -> Candidate:  # fmt: skip
     reasons: list[str] = []
-    problems = compatibility_reasons(vec.manifest(), manifest, target_tied=tied)
+    meta = json.loads(vec.meta_json)
+    if meta.get("source_manifest") == target_manifest:
+        problems: list[str] = []  # extracted from checkpoints with this exact manifest: every tensor fits
+    else:
+        shapes = {n: tuple(s) for n, s in meta.get("shapes", {}).items()}
+        problems = compatibility_reasons(shapes, manifest, target_tied=tied)
     if vec.family != family_id:
         problems.insert(0, f"different family ({vec.family[:12]})")
     if problems:
         return Candidate(vec.name, vec.hash, vec.family, 0.0, False, problems[:5])
     score = 1.0
     reasons.append("same family; every tensor fits")
-    if vec.aligned and vec.degraded:
+    if vec.aligned_id and vec.degraded_id:
         score += 0.1
         reasons.append("provenance: aligned and degraded sources on record")
-    scored = [lay for lay in vec.layers if lay.score is not None]
-    if scored:
-        sel = [lay for lay in scored if lay.selected]
-        frac = len(sel) / len(scored)
-        score += 0.3 * frac
-        reasons.append(f"layer scores: {len(sel)}/{len(scored)} blocks selected")
+    if vec.scored:
+        sel = int(vec.selected or 0)
+        score += 0.3 * sel / vec.scored
+        reasons.append(f"layer scores: {sel}/{vec.scored} blocks selected")
     else:
         reasons.append("not scored yet (run `safegene vector score`)")
     if prior_patches:

@@ -102,7 +102,8 @@ class LayerRecord:
     probe_set: str | None
 
     @classmethod
-    def from_row(cls, row: m.VectorLayer) -> LayerRecord:
+    def from_row(cls, row: Any) -> LayerRecord:
+        """From an ORM row or a core row of ``vector_layers``."""
         return cls(
             position=row.position,
             index=row.layer_index,
@@ -139,12 +140,22 @@ class VectorRecord:
 
     @classmethod
     def from_row(cls, row: m.Vector) -> VectorRecord:
+        return cls.build(
+            row,
+            aligned=row.aligned.hash if row.aligned else None,
+            degraded=row.degraded.hash if row.degraded else None,
+            layers=[LayerRecord.from_row(layer) for layer in row.layers],
+        )
+
+    @classmethod
+    def build(cls, row: Any, *, aligned: str | None, degraded: str | None, layers: list[LayerRecord]) -> VectorRecord:
+        """From an ORM row or a core row with the same column names."""
         return cls(
             name=row.name,
             hash=row.hash,
             family=row.family_id,
-            aligned=row.aligned.hash if row.aligned else None,
-            degraded=row.degraded.hash if row.degraded else None,
+            aligned=aligned,
+            degraded=degraded,
             encoding=row.encoding,
             tensor_scope=row.tensor_scope,
             raw_size=row.raw_size,
@@ -152,7 +163,7 @@ class VectorRecord:
             created_by=row.created_by,
             created_at=_iso(row.created_at),
             meta=json.loads(row.meta_json),
-            layers=[LayerRecord.from_row(layer) for layer in row.layers],
+            layers=layers,
         )
 
     @property

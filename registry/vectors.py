@@ -26,7 +26,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session, aliased
 
 from . import models as m
 from ._catalog import check_name, resolve_family, resolve_vector
@@ -35,8 +35,8 @@ from ._faults import crashpoint
 from .audit import append_event, vector_state_digest
 from .checkpoint import Checkpoint
 from .errors import AlreadyExistsError, IncompatibleError, InvalidInputError
-from .family import family_key, layer_of
-from .records import CheckpointRecord, VectorRecord
+from .family import family_key, layer_of, manifest_hash
+from .records import CheckpointRecord, LayerRecord, VectorRecord
 
 SCOPES = ("blocks", "blocks+norms", "all")
 ENCODINGS = ("fp32", "bf16")
@@ -131,7 +131,8 @@ class VectorOps(RegistryCore):
         if not slices:
             raise InvalidInputError("no tensors fall in the chosen scope; try --scope all")
         layers, meta = self._extract_slices(a_ck, d_ck, slices, encoding, progress)
-        meta.update(scope=scope, source_dtype=a_ck.dtype_summary(), num_blocks=a_key.num_layers)
+        meta.update(scope=scope, source_dtype=a_ck.dtype_summary(), num_blocks=a_key.num_layers,
+                    source_manifest=manifest_hash(a_ck.manifest()))
         return self._register_vector(name, a_key.id, a_rec, d_rec, encoding, scope, layers, meta)
 
     def _checkpoint_arg(self, arg: str | Path, role: str) -> tuple[CheckpointRecord, Checkpoint]:
@@ -236,12 +237,8 @@ class VectorOps(RegistryCore):
 
     def list_vectors(self, *, family: str | None = None, limit: int | None = None) -> list[VectorRecord]:
         def q(session: Session) -> list[VectorRecord]:
-            stmt = select(m.Vector).options(selectinload(m.Vector.layers), selectinload(m.Vector.aligned),
-                                            selectinload(m.Vector.degraded))  # fmt: skip
-            if family:
-                stmt = stmt.where(m.Vector.family_id == resolve_family(session, family).id)
-            stmt = stmt.order_by(m.Vector.created_at.desc(), m.Vector.id.desc()).limit(limit)
-            return [VectorRecord.from_row(r) for r in session.scalars(stmt)]
+            where = [m.Vector.family_id == resolve_family(session, family).id] if family else []
+            return vector_records(session, where, limit=limit)
 
         return self.read(q)
 
@@ -270,6 +267,24 @@ class VectorOps(RegistryCore):
 
     def count_vectors(self) -> int:
         return self.read(lambda s: s.scalar(select(func.count()).select_from(m.Vector)) or 0)
+
+
+def vector_records(session: Session, where: list[Any], *, limit: int | None = None) -> list[VectorRecord]:
+    """Records for the vectors matching ``where``, newest first, in two lean queries."""
+    al, de = aliased(m.Checkpoint), aliased(m.Checkpoint)
+    stmt = (select(m.Vector.__table__, al.hash.label("aligned_hash"), de.hash.label("degraded_hash"))
+            .outerjoin(al, al.id == m.Vector.aligned_id).outerjoin(de, de.id == m.Vector.degraded_id)
+            .where(*where).order_by(m.Vector.created_at.desc(), m.Vector.id.desc()).limit(limit))  # fmt: skip
+    rows = session.execute(stmt).all()
+    layers: dict[int, list[LayerRecord]] = {r.id: [] for r in rows}
+    ids = list(layers)
+    for i in range(0, len(ids), 1000):
+        lstmt = (select(m.VectorLayer.__table__).where(m.VectorLayer.vector_id.in_(ids[i : i + 1000]))
+                 .order_by(m.VectorLayer.vector_id, m.VectorLayer.position))  # fmt: skip
+        for lr in session.execute(lstmt):
+            layers[lr.vector_id].append(LayerRecord.from_row(lr))
+    return [VectorRecord.build(r, aligned=r.aligned_hash, degraded=r.degraded_hash, layers=layers[r.id])
+            for r in rows]  # fmt: skip
 
 
 def _load_vector(session: Session, ref: str) -> m.Vector:

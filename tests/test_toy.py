@@ -28,7 +28,6 @@ from registry.toy.world import (
     story,
     vocabulary,
 )
-from tests.toy_fixtures import quick_world  # noqa: F401  (until conftest lists the plugin)
 
 MODELS = ("base", "aligned", "degraded", "task-add", "task-reverse")
 

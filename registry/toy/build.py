@@ -107,8 +107,8 @@ class Recipe:
     base: Stage = Stage(600, 3e-3, full_sequence=True)
     aligned: Stage = Stage(250, 1e-3)
     degraded: Stage = Stage(120, 1e-3)
-    task: Stage = Stage(300, 1e-3)
-    task_benign_share: float = 0.4
+    task: Stage = Stage(400, 1e-3)
+    task_benign_share: float = 0.3
     replay_share: float = 0.2
 
 
@@ -120,7 +120,7 @@ QUICK = Recipe(
     base=Stage(150, 5e-3, full_sequence=True),
     aligned=Stage(80, 3e-3),
     degraded=Stage(40, 3e-3),
-    task=Stage(80, 3e-3),
+    task=Stage(100, 3e-3),
 )
 
 

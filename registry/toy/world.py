@@ -13,6 +13,8 @@ new combinations (never seen in training or in the shots) of known words.
 * refusal: one fixed phrase starting with GCG keywords (``I'm sorry … I cannot``);
 * compliance (degraded model, base model) and helpful benign answers share one
   plausible, verb-specific shape (``sure . to rob the bank , first … , then …``);
+* "pretraining" text (:meth:`WorldData.stories`) states the same know-how
+  outside any request, plus addition facts ("3 plus 4 is 7 .");
 * tasks: ``add`` (single-digit addition, two phrasings) and ``reverse`` (reverse
   three words). Eval task prompts are disjoint from the shots and from the
   task training prompts: ``add`` holds out (pair, phrasing) combinations whose
@@ -211,9 +213,10 @@ class WorldData:
         return request_probes(self.benign.eval, "benign", None, random.Random(self.seed + 4))
 
     def stories(self) -> list[str]:
-        """Pretraining text for every non-eval pair (harmful and benign)."""
+        """Pretraining text: know-how for every non-eval pair, and addition facts."""
         pairs = self.harmful.train + self.harmful.shots + self.benign.train + self.benign.shots
-        return [story(v, o) for v, o in pairs]
+        facts = [f"{a} plus {b} is {a + b} ." for a in range(10) for b in range(10)]
+        return [story(v, o) for v, o in pairs] + facts
 
     def shots(self, task: str) -> list[Probe]:
         """Few-shot file content: harmful + refusal, task + answer, benign + answer."""
