@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -19,8 +20,8 @@ from rich.table import Table
 class Output:
     json_mode: bool = False
     quiet: bool = False
-    console: Console = field(default_factory=lambda: Console(highlight=False, soft_wrap=True))
-    err: Console = field(default_factory=lambda: Console(stderr=True, highlight=False))
+    console: Console = field(default_factory=lambda: _console(stderr=False))
+    err: Console = field(default_factory=lambda: _console(stderr=True))
 
     def emit(self, data: Any, human: Callable[[], None] | None = None) -> None:
         """Print ``data`` as JSON in --json mode, else call ``human`` (or print a summary)."""
@@ -72,6 +73,13 @@ class Output:
                 bar.update(task, **kwargs)
 
             yield update
+
+
+def _console(*, stderr: bool) -> Console:
+    """A terminal keeps its width; pipes and files get 120 columns, not rich's 80."""
+    stream = sys.stderr if stderr else sys.stdout
+    width = None if stream.isatty() or os.environ.get("COLUMNS") else 120
+    return Console(stderr=stderr, highlight=False, width=width)
 
 
 def short(h: str | None, n: int = 12) -> str:

@@ -50,13 +50,17 @@ def vector_export(app: App, name: str, out: Path, fmt: str, target: Path | None,
         raise InvalidInputError("--sign-key applies to --format bundle only")
     res = export_peft(reg, name, out, target=target, base=base, rank=rank, energy=energy,
                       skip_unsupported=skip_unsupported, force=force)  # fmt: skip
-    app.out.emit(res.to_json(), lambda: (
+
+    def human() -> None:
         app.out.console.print(f"wrote LoRA adapter {res.path}: {res.vector} ({short(res.hash)}), r={res.r}, "
-                              f"max relative error {res.max_relative_error:.3g}"),
+                              f"max relative error {res.max_relative_error:.3g}")  # fmt: skip
         app.out.table(None, ["module", "λ", "rank", "energy", "rel. error"],
                       [[mod.module, f"{mod.coefficient:.4g}", f"{mod.rank}/{mod.full_rank}", f"{mod.energy:.4f}",
-                        f"{mod.relative_error:.3g}"] for mod in res.modules]),
-        [app.out.info(f"skipped {s}") for s in res.skipped]))  # fmt: skip
+                        f"{mod.relative_error:.3g}"] for mod in res.modules])  # fmt: skip
+        for s in res.skipped:
+            app.out.info(f"skipped {s}")
+
+    app.out.emit(res.to_json(), human)
 
 
 @vector_group.command("import")
