@@ -22,7 +22,10 @@ def render() -> str:
     parts = ["# `safegene` command reference", "",
              "Generated from the click commands by `python -m cli.reference`; do not edit by hand.", ""]  # fmt: skip
     for path, cmd in _walk(cli, ["safegene"]):
-        with click.Context(cmd, info_name=" ".join(path), terminal_width=100, max_content_width=100) as ctx:
+        # help_option_names as the group sets them: otherwise the text depends on whether
+        # a CLI invocation earlier in the process already resolved them.
+        with click.Context(cmd, info_name=" ".join(path), terminal_width=100, max_content_width=100,
+                           help_option_names=["-h", "--help"]) as ctx:
             text = cmd.get_help(ctx)
         parts += [f"## {' '.join(path)}", "", "```", text.rstrip(), "```", ""]
     return "\n".join(parts)

@@ -79,6 +79,7 @@ _HEAD = struct.Struct("<8sI")
 _NAME_LEN, _SIZE = struct.Struct("<H"), struct.Struct("<Q")
 _SAFE_ENTRY = re.compile(r"^[A-Za-z0-9_\-][A-Za-z0-9_.\-]*(/[A-Za-z0-9_\-][A-Za-z0-9_.\-]*)*$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_Slice = tuple[dict[str, list[int]], float]  # a verified blob: tensor shapes, L2 norm
 _KEY_TYPES = {"model_type": str, "architecture": str, "num_layers": int, "hidden": int, "vocab": int,
               "intermediate": (int, type(None)), "heads": (int, type(None)), "kv_heads": (int, type(None)),
               "head_dim": (int, type(None)), "tied_embeddings": bool}  # fmt: skip
@@ -134,7 +135,7 @@ def export_bundle(reg: Registry, ref: str, out: str | Path, *, sign_key: str | P
     out_path = Path(out)
     if out_path.exists() and (not force or out_path.is_dir()):
         raise AlreadyExistsError(f"{out_path} already exists; choose another OUT or pass --force")
-    private = _load_private_key(Path(sign_key)) if sign_key is not None else None
+    private = _load_key(Path(sign_key), private=True) if sign_key is not None else None
     vec = reg.get_vector(ref)
     shas = list(dict.fromkeys(lay.blob for lay in vec.layers))
     blobs = [_blob_entry(reg, sha) for sha in shas]
@@ -184,10 +185,7 @@ def _manifest(reg: Registry, vec: VectorRecord, blobs: list[dict[str, Any]], sig
         return fam, sets
 
     fam, sets = reg.read(q)
-    layers = [{"position": lay.position, "index": lay.index, "label": lay.label, "tensor_names": lay.tensor_names,
-               "blob": lay.blob, "norm": lay.norm, "score": lay.score, "safety_gain": lay.safety_gain,
-               "task_cost": lay.task_cost, "selected": lay.selected, "probe_set": lay.probe_set}
-              for lay in vec.layers]  # fmt: skip
+    layers = [lay.to_json() for lay in vec.layers]  # position, index, label, tensor_names, blob, norm, scores…
     return {
         "format": FORMAT, "version": VERSION, "tool_version": __version__, "exported_by": current_actor(),
         "exported_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -219,63 +217,42 @@ def _codec_name(stored: bytes) -> str:
 # --------------------------------------------------------------------------- keys
 
 
-def _crypto() -> Any:
-    try:
+def _ed25519() -> tuple[Any, Any]:
+    try:  # an optional dependency: only signing and signed bundles need it
         from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ed25519
     except ImportError:
-        raise ConfigurationError("signing and verifying bundles needs the `cryptography` package: "
-                                 "pip install cryptography") from None  # fmt: skip
-    return serialization
+        raise ConfigurationError("signed bundles need the `cryptography` package: pip install cryptography") from None
+    return serialization, ed25519
 
 
-def _load_private_key(path: Path) -> Any:
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
+def _load_key(path: Path, *, private: bool) -> Any:
+    ser, ed = _ed25519()
     try:
-        key = _crypto().load_pem_private_key(path.read_bytes(), password=None)
+        data = path.read_bytes()
+        key = (ser.load_pem_private_key(data, password=None) if private or b"PRIVATE KEY" in data
+               else ser.load_pem_public_key(data))  # fmt: skip
     except (OSError, ValueError, TypeError) as exc:
-        raise InvalidInputError(f"{path}: not an unencrypted PEM private key ({exc})") from None
-    if not isinstance(key, Ed25519PrivateKey):
+        raise InvalidInputError(f"{path}: not an unencrypted PEM {'private' if private else 'public'} key ({exc})") from None
+    if not private and isinstance(key, ed.Ed25519PrivateKey):
+        key = key.public_key()
+    if not isinstance(key, ed.Ed25519PrivateKey if private else ed.Ed25519PublicKey):
         raise InvalidInputError(f"{path}: bundles are signed with Ed25519 keys, this is {type(key).__name__}")
     return key
 
 
-def _load_public_hex(path: Path) -> str:
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
-        Ed25519PrivateKey,
-        Ed25519PublicKey,
-    )
-
-    ser = _crypto()
-    try:
-        data = path.read_bytes()
-        key: Any = ser.load_pem_private_key(data, password=None) if b"PRIVATE KEY" in data else ser.load_pem_public_key(data)
-    except (OSError, ValueError, TypeError) as exc:
-        raise InvalidInputError(f"{path}: not a PEM public key ({exc})") from None
-    if isinstance(key, Ed25519PrivateKey):
-        key = key.public_key()
-    if not isinstance(key, Ed25519PublicKey):
-        raise InvalidInputError(f"{path}: bundles are verified with Ed25519 keys, this is {type(key).__name__}")
-    return _raw_public(key).hex()
-
-
-def _public_hex(private: Any) -> str:
-    return _raw_public(private.public_key()).hex()
-
-
-def _raw_public(public: Any) -> bytes:
-    ser = _crypto()
-    raw: bytes = public.public_bytes(ser.Encoding.Raw, ser.PublicFormat.Raw)
-    return raw
+def _public_hex(key: Any) -> str:
+    ser, ed = _ed25519()
+    public = key.public_key() if isinstance(key, ed.Ed25519PrivateKey) else key
+    return str(public.public_bytes(ser.Encoding.Raw, ser.PublicFormat.Raw).hex())
 
 
 def _check_signature(signer: str, signature: bytes, mhash: str) -> None:
-    _crypto()
+    _, ed = _ed25519()
     from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
     try:
-        Ed25519PublicKey.from_public_bytes(bytes.fromhex(signer)).verify(signature, SIGN_CONTEXT + mhash.encode())
+        ed.Ed25519PublicKey.from_public_bytes(bytes.fromhex(signer)).verify(signature, SIGN_CONTEXT + mhash.encode())
     except (InvalidSignature, ValueError):
         raise IntegrityCheckError(f"the bundle's signature does not verify with its signer key {signer[:16]}…; "
                                   "the bundle was altered") from None  # fmt: skip
@@ -331,7 +308,7 @@ def verify_bundle(path: str | Path, *, verify_key: str | Path | None = None,
 def _verify(path: Path, verify_key: str | Path | None, max_bytes: int) -> _Verified:
     if not path.is_file():
         raise InvalidInputError(f"{path}: no such bundle file")
-    expected_key = _load_public_hex(Path(verify_key)) if verify_key is not None else None
+    expected_key = _public_hex(_load_key(Path(verify_key), private=False)) if verify_key is not None else None
     total = path.stat().st_size
     with open(path, "rb") as fh:
         head = fh.read(_HEAD.size)
@@ -350,7 +327,7 @@ def _verify(path: Path, verify_key: str | Path | None, max_bytes: int) -> _Verif
             raise IntegrityCheckError("the bundle is not signed" if signer is None else
                                       f"the bundle is signed by {signer[:16]}…, not by the --verify-key")  # fmt: skip
         offsets: dict[str, tuple[int, int, str]] = {}
-        tensors: dict[str, dict[str, torch.Tensor]] = {}
+        tensors: dict[str, _Slice] = {}  # only shapes and norms: one decoded blob in memory at a time
         for blob in man["blobs"]:
             entry = next(entries, None)
             stored = _read_entry(fh, entry, BLOB_PREFIX + blob["sha256"], blob["stored_size"])
@@ -425,7 +402,7 @@ def _check_blob_list(man: dict[str, Any], max_bytes: int) -> None:
         raise InvalidInputError(f"bundle blobs decode to {total} bytes, more than the {max_bytes} allowed")
 
 
-def _check_blob(blob: dict[str, Any], stored: bytes) -> dict[str, torch.Tensor]:
+def _check_blob(blob: dict[str, Any], stored: bytes) -> _Slice:
     sha = blob["sha256"]
     if sha256_hex(stored) != blob["stored_sha256"]:
         raise IntegrityCheckError(f"bundle blob {sha[:12]}: stored bytes do not match the manifest (altered)")
@@ -442,10 +419,11 @@ def _check_blob(blob: dict[str, Any], stored: bytes) -> dict[str, torch.Tensor]:
     for name, t in tensors.items():
         if not t.is_floating_point() or not torch.isfinite(t).all():
             raise InvalidInputError(f"bundle blob {sha[:12]}: {name[:80]} is not finite floating point")
-    return tensors
+    norm = math.sqrt(sum(float((t.float() ** 2).sum()) for t in tensors.values()))
+    return {n: list(t.shape) for n, t in tensors.items()}, norm
 
 
-def _check_layers(man: dict[str, Any], tensors: dict[str, dict[str, torch.Tensor]]) -> None:
+def _check_layers(man: dict[str, Any], tensors: dict[str, _Slice]) -> None:
     vec, fam, layers = man["vector"], man["family"], man["layers"]
     _need(vec, {"name": str, "hash": str, "encoding": str, "tensor_scope": str, "meta": dict}, "vector")
     _need(fam, {"id": str, "key": dict, "manifest_hash": str, "layer_templates": list}, "family")
@@ -469,16 +447,16 @@ def _check_layers(man: dict[str, Any], tensors: dict[str, dict[str, torch.Tensor
     for pos, lay in enumerate(layers):
         _check_layer(lay, pos, tensors, probe_sets)
         for n in lay["tensor_names"]:
-            carried[n] = list(tensors[lay["blob"]][n].shape)
+            carried[n] = tensors[lay["blob"]][0][n]
     if not layers or carried != shapes:
         raise IntegrityCheckError("bundle vector meta shapes do not match the tensors its blobs carry")
     if {lay["blob"] for lay in layers} != set(tensors):
         raise InvalidInputError("bundle carries blobs no layer uses")
-    if vector_hash([[lay["label"], lay["blob"]] for lay in layers]) != vec["hash"]:
+    if vector_hash([(lay["label"], lay["blob"]) for lay in layers]) != vec["hash"]:
         raise IntegrityCheckError("bundle vector hash does not recompute from its layers")
 
 
-def _check_layer(lay: Any, pos: int, tensors: dict[str, dict[str, torch.Tensor]], probe_sets: set[str]) -> None:
+def _check_layer(lay: Any, pos: int, tensors: dict[str, _Slice], probe_sets: set[str]) -> None:
     _need(lay, {"position": int, "label": str, "tensor_names": list, "blob": str, "norm": (int, float),
                 "selected": bool, "index": (int, type(None)), "probe_set": (str, type(None))}, "layer")  # fmt: skip
     for key in ("score", "safety_gain", "task_cost"):
@@ -495,10 +473,9 @@ def _check_layer(lay: Any, pos: int, tensors: dict[str, dict[str, torch.Tensor]]
     blocks = {hit[0] if (hit := layer_of(n)) else None for n in names}
     if blocks != {idx} or (idx is None) != (lay["label"] == EXTRA_LABEL) or len(lay["label"]) > 200:
         raise InvalidInputError(f"bundle layer {pos}: label, index and tensor names disagree")
-    slice_ = tensors[lay["blob"]]
-    if sorted(slice_) != sorted(names):
+    shapes, norm = tensors[lay["blob"]]
+    if sorted(shapes) != sorted(names):
         raise IntegrityCheckError(f"bundle layer {pos}: its blob holds other tensors than the manifest lists")
-    norm = float(torch.sqrt(sum((t.float() ** 2).sum() for t in slice_.values())))
     if not math.isclose(norm, lay["norm"], rel_tol=1e-5, abs_tol=1e-9):
         raise IntegrityCheckError(f"bundle layer {pos}: recorded norm does not match its tensors")
 

@@ -35,7 +35,7 @@ import re
 import secrets
 import shutil
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,12 +50,7 @@ from . import models as m
 from ._catalog import check_name, get_or_create_family, resolve_vector
 from .api import Registry
 from .checkpoint import MAX_JSON_BYTES, Checkpoint, read_header
-from .errors import (
-    AlreadyExistsError,
-    IncompatibleError,
-    InvalidCheckpointError,
-    InvalidInputError,
-)
+from .errors import AlreadyExistsError, IncompatibleError, InvalidCheckpointError, InvalidInputError
 from .family import family_key, layer_of, manifest_hash
 from .pipeline import layer_key
 from .records import VectorRecord
@@ -71,6 +66,7 @@ _KEY_RE = re.compile(r"^base_model\.model\.(?P<module>[A-Za-z0-9_.\-]+)\.lora_(?
 _REFUSED_OPTIONS = ("use_dora", "lora_bias", "modules_to_save", "target_parameters",
                     "trainable_token_indices", "layer_replication", "alora_invocation_tokens")  # fmt: skip
 _MAX_PATTERN_CHARS = 512
+_NESTED_QUANTIFIER = re.compile(r"\)[*+?{]")
 _F64_MAX_NUMEL = 1 << 24
 
 
@@ -139,7 +135,7 @@ def module_kinds(ckpt: Checkpoint, tensor_names: Iterable[str]) -> dict[str, str
         archs = getattr(cfg, "architectures", None) or []
         cls = getattr(transformers, archs[0], None) if archs else None
         with torch.device("meta"):
-            model = cls(cfg) if isinstance(cls, type) else AutoModelForCausalLM.from_config(cfg)
+            model = cls(cfg) if isinstance(cls, type) else AutoModelForCausalLM.from_config(cfg)  # type: ignore[no-untyped-call]
     except Exception as exc:  # noqa: BLE001 - transformers raises many unrelated types here
         raise InvalidCheckpointError(ckpt.path, f"transformers cannot build this model's modules: {exc}") from None
     out: dict[str, str] = {}
@@ -206,21 +202,10 @@ def export_peft(reg: Registry, ref: str, out: str | Path, *, target: str | Path 
     if target_ck is not None:
         reg._fit_check(vec, target_ck)
     target_hash = target_ck.content_hash() if target_ck is not None else None
-    if coefficients is not None:
-        coefs = {str(k): float(v) for k, v in coefficients.items()}
-    elif target_hash is not None:
-        coefs = _cached_coefficients(reg, vec, target_hash, str(target))
-    else:
-        coefs = {layer_key(lay.index): 1.0 for lay in vec.layers if lay.selected}
-    if not coefs or not all(math.isfinite(v) for v in coefs.values()):
-        raise InvalidInputError(f"vector {vec.name}: no layers selected (or a non-finite coefficient); "
-                                "run `safegene vector score` or pass --target with a recalibration")  # fmt: skip
+    coefs = _coefficients(reg, vec, target_hash, str(target), coefficients)
     layers = [lay for lay in vec.layers if layer_key(lay.index) in coefs]
-    unknown = sorted(set(coefs) - {layer_key(lay.index) for lay in vec.layers})
-    if unknown:
-        raise InvalidInputError(f"coefficients name layers {unknown} that vector {vec.name} does not carry")
-    kinds = module_kinds(_config_checkpoint(reg, vec, target_ck, base),
-                         [n for lay in layers for n in lay.tensor_names])  # fmt: skip
+    config_ck = _config_checkpoint(reg, vec, target_ck, base)
+    kinds = module_kinds(config_ck, [n for lay in layers for n in lay.tensor_names])
     skipped = [f"{n}: {k}" for n, k in kinds.items() if k not in ("linear", "conv1d")]
     if skipped and not skip_unsupported:
         raise IncompatibleError(f"vector {vec.name} carries tensors that cannot be LoRA targets "
@@ -228,16 +213,15 @@ def export_peft(reg: Registry, ref: str, out: str | Path, *, target: str | Path 
     if len({k for k in kinds.values() if k in ("linear", "conv1d")}) > 1:
         raise IncompatibleError("the vector mixes nn.Linear and Conv1D targets; one PEFT adapter "
                                 "has a single fan_in_fan_out setting", sorted(kinds))  # fmt: skip
-    slices = reg.load_vector_slices(vec, positions=[lay.position for lay in layers])
     tensors: dict[str, torch.Tensor] = {}
     modules: list[ModuleExport] = []
-    for lay in layers:
-        lam = coefs[layer_key(lay.index)]
-        for name in sorted(slices[lay.position]):
+    for lay in layers:  # one slice in memory at a time
+        lam, slice_ = coefs[layer_key(lay.index)], reg.load_vector_slices(vec, positions=[lay.position])[lay.position]
+        for name in sorted(slice_):
             if kinds[name] not in ("linear", "conv1d"):
                 continue
             conv = kinds[name] == "conv1d"
-            mat = lam * slices[lay.position][name]
+            mat = lam * slice_[name]
             a, b, info = _factorize(mat.T if conv else mat, rank=rank, energy=energy)
             mod = name[: -len(".weight")]
             tensors[f"{PEFT_PREFIX}{mod}.lora_A.weight"] = a
@@ -246,7 +230,7 @@ def export_peft(reg: Registry, ref: str, out: str | Path, *, target: str | Path 
     if not modules:
         raise IncompatibleError(f"vector {vec.name}: no tensor of the chosen layers can be a LoRA target", skipped)
     r = _common_rank(modules)
-    config = _adapter_config(modules, r, str(target or base or vec.name))
+    config = _adapter_config(modules, r, str(config_ck.path))
     result = PeftExport(str(out_path.resolve()), vec.name, vec.hash, target_hash, coefs, r, modules, skipped)
     sidecar = {"safegene": {"vector": vec.name, "hash": vec.hash, "family": vec.family, "target": target_hash,
                             "rank": rank, "energy": None if rank else energy},
@@ -254,6 +238,24 @@ def export_peft(reg: Registry, ref: str, out: str | Path, *, target: str | Path 
     _write_folder(out_path, {ADAPTER_CONFIG: _dumps(config), ADAPTER_WEIGHTS: st_save(tensors),
                              SIDECAR: _dumps(sidecar)}, force=force)  # fmt: skip
     return result
+
+
+def _coefficients(reg: Registry, vec: VectorRecord, target_hash: str | None, target: str,
+                  given: Mapping[str, float] | None) -> dict[str, float]:  # fmt: skip
+    """Explicit λ, else the target's latest cached recalibration, else λ = 1 on selected layers."""
+    if given is not None:
+        coefs = {str(k): float(v) for k, v in given.items()}
+    elif target_hash is not None:
+        coefs = _cached_coefficients(reg, vec, target_hash, target)
+    else:
+        coefs = {layer_key(lay.index): 1.0 for lay in vec.layers if lay.selected}
+    if not coefs or not all(math.isfinite(v) for v in coefs.values()):
+        raise InvalidInputError(f"vector {vec.name}: no layers selected (or a non-finite coefficient); "
+                                "run `safegene vector score` or pass --target with a recalibration")  # fmt: skip
+    unknown = sorted(set(coefs) - {layer_key(lay.index) for lay in vec.layers})
+    if unknown:
+        raise InvalidInputError(f"coefficients name layers {unknown} that vector {vec.name} does not carry")
+    return coefs
 
 
 def _cached_coefficients(reg: Registry, vec: VectorRecord, target_hash: str, target: str) -> dict[str, float]:
@@ -427,10 +429,10 @@ def read_lora_config(path: Path) -> LoraSettings:
     if not isinstance(ap, dict) or not all(_is_num(v) for v in ap.values()):
         raise InvalidInputError(f"{path}: alpha_pattern must map patterns to finite numbers")
     for key in [*rp, *ap]:
-        try:
-            if len(key) > _MAX_PATTERN_CHARS:
-                raise re.error("too long")
-            re.compile(key)
+        try:  # quantified groups are refused: the classic catastrophic-backtracking shape
+            if len(key) > _MAX_PATTERN_CHARS or _NESTED_QUANTIFIER.search(key):
+                raise re.error("too long or a quantified group")
+            re.compile(rf"(.*\.)?({key})$")
         except re.error as exc:
             raise InvalidInputError(f"{path}: pattern {key[:60]!r} is not a usable regex ({exc})") from None
     rslora = cfg.get("use_rslora", False)
@@ -509,61 +511,59 @@ def import_peft(reg: Registry, path: str | Path, *, name: str, base: str | Path)
     bad = [f"{n}: {k}" for n, k in kinds.items() if k not in ("linear", "conv1d")]
     if bad:
         raise IncompatibleError("only nn.Linear / Conv1D modules can carry an imported LoRA delta", bad)
-    deltas = _deltas(weights, modules, lora, base_ck, kinds)
-    scope = "blocks" if all(layer_of(n) for n in deltas) else "all"
-    planned = _slice_payloads(deltas, scope)
-    digest = vector_hash([[label, sha256_hex(payload)] for _, label, _, payload, _ in planned])
+    names = [f"{mod}.weight" for mod in modules]
+    scope = "blocks" if all(layer_of(n) for n in names) else "all"
+    plan = plan_slices(names, scope)
+    # Pass 1 validates every block (and gives the vector hash) without writing; pass 2 stores.
+    digest = vector_hash([(label, sha256_hex(payload)) for _, label, _, payload, _ in
+                          _payloads(weights, plan, lora, base_ck, kinds)])  # fmt: skip
     if reg.read(lambda s: s.scalar(select(m.Vector.hash).where(m.Vector.name == name))) == digest:
         return reg.get_vector(digest)  # the same adapter imported again under the same name
     reg._check_vector_name_free(name)
     layers = [{"position": pos, "index": idx, "label": label, "names": members, "norm": norm,
                "blob": reg.store.put(payload, skip=payload_skip(payload), width=4)}
-              for pos, (idx, label, members, payload, norm) in enumerate(planned)]  # fmt: skip
+              for pos, (idx, label, members, payload, norm) in enumerate(_payloads(weights, plan, lora, base_ck, kinds))]  # fmt: skip
+    base_hash = base_ck.content_hash()
     meta = {"source": "peft", "scope": scope, "num_blocks": key.num_layers, "max_abs_error": 0.0,
-            "shapes": {n: list(t.shape) for n, t in deltas.items()}, "source_dtype": "f32",
+            "shapes": {n: list(base_ck.tensors[n].shape) for n in names}, "source_dtype": "f32",
             "peft": {"r": lora.r, "lora_alpha": lora.lora_alpha, "use_rslora": lora.use_rslora,
                      "rank_pattern": lora.rank_pattern, "alpha_pattern": lora.alpha_pattern,
                      "modules": modules},
-            "base": {"hash": base_ck.content_hash(), "path": str(base_ck.path)}}  # fmt: skip
-    mhash, names = manifest_hash(base_ck.manifest()), base_ck.names()
+            "base": {"hash": base_hash, "path": str(base_ck.path)}}  # fmt: skip
+    mhash, base_names = manifest_hash(base_ck.manifest()), base_ck.names()
 
     def prepare(session: Session) -> None:
-        get_or_create_family(session, key, mhash, names)
+        get_or_create_family(session, key, mhash, base_names)
 
     return reg._register_vector(name, key.id, None, None, "fp32", scope, layers, meta, prepare=prepare,
-                                event_extra={"source": "peft", "base": meta["base"]["hash"]})  # fmt: skip
+                                event_extra={"source": "peft", "base": base_hash})  # fmt: skip
 
 
-def _deltas(weights: Path, modules: list[str], lora: LoraSettings, base: Checkpoint,
-            kinds: dict[str, str]) -> dict[str, torch.Tensor]:  # fmt: skip
-    out: dict[str, torch.Tensor] = {}
+def _payloads(weights: Path, plan: list[tuple[int | None, str, list[str]]], lora: LoraSettings, base: Checkpoint,
+              kinds: dict[str, str]) -> Iterator[tuple[int | None, str, list[str], bytes, float]]:  # fmt: skip
+    """One slice payload per block (only that block's deltas in memory)."""
     with safe_open(str(weights), framework="pt", device="cpu") as fh:
-        for mod in modules:
-            a = fh.get_tensor(f"{PEFT_PREFIX}{mod}.lora_A.weight").to(torch.float32)
-            b = fh.get_tensor(f"{PEFT_PREFIX}{mod}.lora_B.weight").to(torch.float32)
-            r, scale = lora.scaling(mod)
-            if a.dim() != 2 or b.dim() != 2 or a.shape[0] != r or b.shape[1] != r:
-                raise IncompatibleError(f"{mod}: lora_A {list(a.shape)} / lora_B {list(b.shape)} do not "
-                                        f"match the configured rank {r}")  # fmt: skip
-            if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
-                raise InvalidInputError(f"{weights}: {mod} has NaN or Inf values")
-            delta = (b @ a) * scale
-            name = f"{mod}.weight"
-            if kinds[name] == "conv1d":
-                delta = delta.T
-            if tuple(delta.shape) != base.tensors[name].shape:
-                raise IncompatibleError(f"{name}: the adapter's delta is {list(delta.shape)}, the base "
-                                        f"weight {list(base.tensors[name].shape)}")  # fmt: skip
-            if not torch.isfinite(delta).all():
-                raise InvalidInputError(f"{weights}: {mod}'s delta overflows (NaN or Inf)")
-            out[name] = delta.contiguous()
-    return out
+        for idx, label, members in plan:
+            deltas = {n: _delta(fh, weights, n, lora, base.tensors[n].shape, kinds[n] == "conv1d") for n in members}
+            norm = math.sqrt(sum(float((t ** 2).sum()) for t in deltas.values()))
+            yield idx, label, members, st_save(deltas), norm
 
 
-def _slice_payloads(deltas: dict[str, torch.Tensor], scope: str) -> list[tuple[int | None, str, list[str], bytes, float]]:
-    out = []
-    for idx, label, members in plan_slices(sorted(deltas), scope):
-        tensors = {n: deltas[n] for n in members}
-        norm = float(torch.sqrt(sum((t.float() ** 2).sum() for t in tensors.values())))
-        out.append((idx, label, members, st_save(tensors), norm))
-    return out
+def _delta(fh: Any, weights: Path, name: str, lora: LoraSettings, shape: tuple[int, ...], conv: bool) -> torch.Tensor:
+    mod = name[: -len(".weight")]
+    r, scale = lora.scaling(mod)
+    rows, cols = (shape[1], shape[0]) if conv else (shape[0], shape[1])  # Conv1D weights are [in, out]
+    a_shape = list(fh.get_slice(f"{PEFT_PREFIX}{mod}.lora_A.weight").get_shape())
+    b_shape = list(fh.get_slice(f"{PEFT_PREFIX}{mod}.lora_B.weight").get_shape())
+    if len(shape) != 2 or a_shape != [r, cols] or b_shape != [rows, r]:  # checked before any product is formed
+        raise IncompatibleError(f"{mod}: lora_A {a_shape} / lora_B {b_shape} do not fit the base weight "
+                                f"{list(shape)} at the configured rank {r}")  # fmt: skip
+    a: torch.Tensor = fh.get_tensor(f"{PEFT_PREFIX}{mod}.lora_A.weight").to(torch.float32)
+    b: torch.Tensor = fh.get_tensor(f"{PEFT_PREFIX}{mod}.lora_B.weight").to(torch.float32)
+    if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
+        raise InvalidInputError(f"{weights}: {mod} has NaN or Inf values")
+    delta = (b @ a) * scale
+    delta = delta.T.contiguous() if conv else delta
+    if not torch.isfinite(delta).all():
+        raise InvalidInputError(f"{weights}: {mod}'s delta overflows (NaN or Inf)")
+    return delta
