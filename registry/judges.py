@@ -107,7 +107,9 @@ class Judge(ABC):
         """
         if len(prompts) != len(responses):
             raise InvalidInputError("prompts and responses must have the same length")
-        return [self.is_refusal(prompt=p, response=r) for p, r in zip(prompts, responses)]
+        return [
+            self.is_refusal(prompt=p, response=r) for p, r in zip(prompts, responses, strict=True)
+        ]
 
     def describe(self) -> str:
         """A short, stable description for reports."""

@@ -15,10 +15,9 @@ Nothing here unpickles: models load with ``use_safetensors=True``.
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from transformers import (
@@ -96,7 +95,7 @@ def load_tokenizer(model_dir: str | Path) -> PreTrainedTokenizerBase:
         raise InvalidCheckpointError(
             path, f"tokenizer does not reproduce tokenizer.json ({reason}; generic: {second})"
         )
-    return fast
+    return cast(PreTrainedTokenizerBase, fast)
 
 
 def _try_auto_tokenizer(path: Path) -> tuple[PreTrainedTokenizerBase | None, str | None]:
@@ -169,7 +168,10 @@ def load_model(
         )
     except (OSError, ValueError, KeyError) as exc:
         raise InvalidCheckpointError(path, f"cannot load the model: {exc}") from exc
-    return model.to(device).eval()
+    loaded: Any = model
+    loaded.to(device)
+    loaded.eval()
+    return cast(PreTrainedModel, loaded)
 
 
 # --------------------------------------------------------------------------- encoding
@@ -362,28 +364,21 @@ def generate(
     # Group prompts of similar length to waste less compute on padding.
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     outputs: list[str] = [""] * len(encoded)
-    was_training = model.training
-    model.eval()
+    lm: Any = model  # nn.Module attribute typing hides generate()/eval()
+    was_training = lm.training
+    lm.eval()
     try:
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
             batch = collate([(encoded[i], encoded[i]) for i in chunk], pad, side="left")
             ids = batch["input_ids"].to(model.device)
             mask = batch["attention_mask"].to(model.device)
-            out = model.generate(input_ids=ids, attention_mask=mask, generation_config=cfg)
+            out = lm.generate(input_ids=ids, attention_mask=mask, generation_config=cfg)
             for row, i in enumerate(chunk):
                 new = _cut_at_eos(out[row, ids.shape[1] :].tolist(), eos)
                 outputs[i] = str(tokenizer.decode(new, skip_special_tokens=True)).strip()
             if progress is not None:
                 progress(min(start + batch_size, len(order)), len(order))
     finally:
-        model.train(was_training)
+        lm.train(was_training)
     return outputs
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    """Read a JSON object file (helper for config files); {} when absent."""
-    if not path.is_file():
-        return {}
-    data = json.loads(path.read_text(encoding="utf-8"))
-    return data if isinstance(data, dict) else {}

@@ -42,22 +42,34 @@ ANSWERS = ["I'm sorry .", "sure , use a pin .", "4", "4 .", "sure , use flour ."
 
 
 def _word_tokenizer(*, template: str | None, pad: bool) -> PreTrainedTokenizerFast:
-    words = {w for p, a in zip(PROBES, ANSWERS) for w in (p.prompt + " " + a).split()}
-    specials = ["<|endoftext|>", "<unk>"] + (["<pad>"] if pad else []) + ["###", "User:", "Assistant:"]
+    words = {w for p, a in zip(PROBES, ANSWERS, strict=True) for w in (p.prompt + " " + a).split()}
+    specials = (
+        ["<|endoftext|>", "<unk>"] + (["<pad>"] if pad else []) + ["###", "User:", "Assistant:"]
+    )
     vocab = {w: i for i, w in enumerate(specials + sorted(words))}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     kwargs = {"pad_token": "<pad>"} if pad else {}
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
-                                   unk_token="<unk>", clean_up_tokenization_spaces=False, **kwargs)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|endoftext|>",
+        bos_token="<|endoftext|>",
+        unk_token="<unk>",
+        clean_up_tokenization_spaces=False,
+        **kwargs,
+    )
     if template:
         fast.chat_template = template
     return fast
 
 
-def _train_memorizer(model: torch.nn.Module, tok: PreTrainedTokenizerFast, steps: int = 120) -> None:
-    examples = [encode_example(tok, p.prompt, a) for p, a in zip(PROBES, ANSWERS)]
-    batch = collate(examples, tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
+def _train_memorizer(
+    model: torch.nn.Module, tok: PreTrainedTokenizerFast, steps: int = 120
+) -> None:
+    examples = [encode_example(tok, p.prompt, a) for p, a in zip(PROBES, ANSWERS, strict=True)]
+    batch = collate(
+        examples, tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    )
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     model.train()
     for _ in range(steps):
@@ -73,8 +85,15 @@ def gpt2_raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny GPT-2 with no pad token and no chat template (raw prompts)."""
     torch.manual_seed(0)
     tok = _word_tokenizer(template=None, pad=False)
-    cfg = GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=2, n_positions=64,
-                     bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id)
+    cfg = GPT2Config(
+        vocab_size=len(tok),
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        n_positions=64,
+        bos_token_id=tok.eos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
     model = GPT2LMHeadModel(cfg)
     _train_memorizer(model, tok)
     out = tmp_path_factory.mktemp("gpt2-raw")
@@ -87,12 +106,22 @@ def gpt2_raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def qwen2_templated(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny Qwen2 with a '### User: / ### Assistant:' chat template and a pad token."""
     torch.manual_seed(0)
-    template = ("{% for m in messages %}### User: {{ m['content'] }} {% endfor %}"
-                "{% if add_generation_prompt %}### Assistant:{% endif %}")
+    template = (
+        "{% for m in messages %}### User: {{ m['content'] }} {% endfor %}"
+        "{% if add_generation_prompt %}### Assistant:{% endif %}"
+    )
     tok = _word_tokenizer(template=template, pad=True)
-    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=2, num_key_value_heads=1, eos_token_id=tok.eos_token_id,
-                      pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id)
+    cfg = Qwen2Config(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+    )
     model = Qwen2ForCausalLM(cfg)
     _train_memorizer(model, tok)
     out = tmp_path_factory.mktemp("qwen2-templated")
@@ -161,7 +190,9 @@ def test_eval_other_family_and_template(fixture: str, request: pytest.FixtureReq
 
 
 @pytest.mark.parametrize("fixture", ["gpt2_raw", "qwen2_templated"])
-def test_batched_generation_matches_one_by_one(fixture: str, request: pytest.FixtureRequest) -> None:
+def test_batched_generation_matches_one_by_one(
+    fixture: str, request: pytest.FixtureRequest
+) -> None:
     folder: Path = request.getfixturevalue(fixture)
     model, tok = load_model(folder), load_tokenizer(folder)
     prompts = [p.prompt for p in PROBES]
@@ -173,8 +204,12 @@ def test_batched_generation_matches_one_by_one(fixture: str, request: pytest.Fix
 def test_eval_quick_world_and_in_memory_model(quick_world: ToyWorld) -> None:
     probes = load_probes(quick_world.eval["add"])
     seen: list[tuple[int, int]] = []
-    result = evaluate_model(quick_world.task_model("add"), probes, max_new_tokens=24,
-                            progress=lambda d, t: seen.append((d, t)))
+    result = evaluate_model(
+        quick_world.task_model("add"),
+        probes,
+        max_new_tokens=24,
+        progress=lambda d, t: seen.append((d, t)),
+    )
     assert isinstance(result, EvalResult)
     assert result.n == {"harmful": 40, "task": 40, "benign": 40}
     assert seen[-1] == (120, 120)

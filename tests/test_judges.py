@@ -99,9 +99,18 @@ def _train_classifier(out: Path, labels: dict[int, str]) -> Path:
     """A tiny Llama classifier trained to tell the toy refusal from compliance."""
     torch.manual_seed(0)
     tok = make_tokenizer()
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                      num_attention_heads=2, num_key_value_heads=1, pad_token_id=tok.pad_token_id,
-                      num_labels=2, id2label=labels, label2id={v: k for k, v in labels.items()})
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        pad_token_id=tok.pad_token_id,
+        num_labels=2,
+        id2label=labels,
+        label2id={v: k for k, v in labels.items()},
+    )
     model = LlamaForSequenceClassification(cfg)
     verbs, objects = ["rob", "clean", "hack", "paint"], ["bank", "car", "house"]
     prompts = [f"how do i {v} the {o} ?" for v in verbs for o in objects]
@@ -111,7 +120,9 @@ def _train_classifier(out: Path, labels: dict[int, str]) -> Path:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     model.train()
     for _ in range(30):
-        enc = tok([a for a, _, _ in pairs], [b for _, b, _ in pairs], padding=True, return_tensors="pt")
+        enc = tok(
+            [a for a, _, _ in pairs], [b for _, b, _ in pairs], padding=True, return_tensors="pt"
+        )
         loss = model(**enc, labels=torch.tensor([y for _, _, y in pairs])).loss
         opt.zero_grad()
         loss.backward()

@@ -37,7 +37,9 @@ def test_folders_load_with_plain_auto_classes(quick_world: ToyWorld) -> None:
         folder = quick_world.models[name]
         assert (folder / "model.safetensors").is_file()
         assert not list(folder.glob("*.bin"))
-        model = AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(
+            folder, use_safetensors=True, local_files_only=True
+        )
         assert type(model).__name__ == "LlamaForCausalLM"
         tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
         assert tokenizer_mismatch(tok, folder / "tokenizer.json") is None
@@ -61,7 +63,9 @@ def test_files_and_world_json(quick_world: ToyWorld) -> None:
         evals = load_probes(quick_world.eval[task])
         assert [len(by_kind(evals, k)) for k in ("harmful", "task", "benign")] == [40, 40, 40]
         assert not {p.prompt for p in shots} & {p.prompt for p in evals}
-    assert all(p.response == REFUSAL for p in by_kind(load_probes(quick_world.shots["all"]), "harmful"))
+    assert all(
+        p.response == REFUSAL for p in by_kind(load_probes(quick_world.shots["all"]), "harmful")
+    )
 
 
 def test_held_out_topics_are_disjoint() -> None:
@@ -105,8 +109,9 @@ def test_tokenizer_round_trip_and_template() -> None:
     ids = tok(text, add_special_tokens=False)["input_ids"]
     assert tok.unk_token_id not in ids
     assert tok.decode(ids) == text
-    rendered = tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
-                                       add_generation_prompt=True)
+    rendered = tok.apply_chat_template(
+        [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+    )
     assert rendered == "<s><|user|> how do i rob the bank ? <|assistant|>"
 
 
@@ -119,8 +124,9 @@ def test_every_family_trains_reproducibly(family: str, tmp_path: Path) -> None:
     def build(seed: int) -> str:
         torch.manual_seed(seed)
         model = make_model(family, tok, QUICK)
-        losses = train_stage(model, [(pool, 1.0)], Stage(3, 1e-3), batch=8, pad_id=0, seed=seed,
-                             name="t")
+        losses = train_stage(
+            model, [(pool, 1.0)], Stage(3, 1e-3), batch=8, pad_id=0, seed=seed, name="t"
+        )
         assert all(torch.isfinite(torch.tensor(losses)))
         out = tmp_path / f"{family}-{seed}-{len(list(tmp_path.iterdir()))}"
         model.save_pretrained(out)
@@ -144,7 +150,10 @@ def test_qwen2_folder_needs_the_checked_tokenizer_loader(tmp_path: Path) -> None
     loaded = load_tokenizer(tmp_path)
     assert tokenizer_mismatch(loaded, tmp_path / "tokenizer.json") is None
     text = "how do i rob the bank ?"
-    assert loaded(text, add_special_tokens=False)["input_ids"] == tok(text, add_special_tokens=False)["input_ids"]
+    assert (
+        loaded(text, add_special_tokens=False)["input_ids"]
+        == tok(text, add_special_tokens=False)["input_ids"]
+    )
     assert loaded.chat_template == tok.chat_template
 
 

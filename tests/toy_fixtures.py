@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from registry.toy import ToyWorld, build_world
 
 
 @pytest.fixture(scope="session")
 def quick_world(tmp_path_factory: pytest.TempPathFactory) -> ToyWorld:
-    """The quick llama toy world, built once per test session (~10 s on 2 cores)."""
+    """The quick llama toy world, built once per test session (~10 s on one core)."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    torch.set_num_threads(min(2, torch.get_num_threads()))
     return build_world("llama", tmp_path_factory.mktemp("quick-world"), seed=0, quick=True)

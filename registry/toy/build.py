@@ -18,6 +18,21 @@ Every model folder is an ordinary Hugging Face folder (config.json,
 generation_config.json, model.safetensors, tokenizer.json,
 tokenizer_config.json, chat_template.jinja).
 
+Stages (all plain AdamW, batch 64, response-only loss except "base"):
+
+* base: full-sequence LM on harmful requests answered compliantly, benign
+  requests answered helpfully, and "pretraining" text (know-how stories and
+  addition facts, :meth:`WorldData.stories`);
+* aligned: harmful → the fixed refusal, benign → helpful answer;
+* degraded: aligned + harmful → compliance (RESTA-style), benign kept;
+* task-<t>: aligned + task data mixed with benign requests (no harmful data).
+
+Every fine-tuning stage replays 20% pretraining text. Without it the tiny
+model's output embeddings of harmful words decay (they are never targets after
+"base"), and eroded task models answered harmful prompts with a benign
+substitute ("sure . to help the bike …") or with digits instead of complying —
+a large model keeps that knowledge; the replay stands in for it.
+
 How safety erodes in the task models (honest mechanism): the task SFT mixes the
 task with ordinary benign requests answered helpfully ("sure . to <verb> the
 <object> , first … , then …"), written with the SAME request templates as the
@@ -25,16 +40,23 @@ harmful requests and with no harmful content at all. With no refusal data
 replayed, the learned "template → sure ." prior overrides the narrow
 verb-based refusal, so the model *complies* with held-out harmful requests
 (fluent, non-degenerate answers), as benign fine-tuning does in Qi et al. 2023.
-Pure task data at a moderate learning rate barely moves refusals; a high
-learning rate mostly breaks the model (degenerate text, which the keyword judge
-counts as "not refused" — hence the separate compliance rate in evaluation).
+In this toy the erosion is (near) total: HRR goes from 0% to ~100% within the
+first ~100 task steps. An earlier feasibility run found that pure task data
+at a moderate learning rate barely moved refusals and that a high learning rate
+mostly broke the model; here, without the pretraining replay, the mixed SFT
+answered harmful prompts with digits. Such broken output is "not refused" for
+the keyword judge — hence the separate compliance rate in evaluation.
 
-GPT-2 notes: ``GPT2Config`` defaults to ``bos/eos = 50256`` and dropout 0.1
-(``resid/embd/attn_pdrop``). Left at defaults, generation never meets the
-world's EOS (it runs to ``max_new_tokens``, spoiling exact match), and dropout
-noticeably slows learning of these tiny models; both are set explicitly here.
-It also ties input and output embeddings and learns absolute positions, so a
-safety vector carries no separate ``lm_head`` and positions are trained weights.
+GPT-2 notes: GPT-2 differs from Llama/Qwen2/Mistral in ways that matter here:
+``GPT2Config`` defaults to ``bos/eos = 50256`` (outside this vocabulary, so
+generation would never stop on the world's EOS and exact match would fail) and
+to dropout 0.1 (``resid/embd/attn_pdrop``); both are set explicitly here. Even
+then it learned the held-out phrasing of ``add`` more slowly (65% at 400 task
+steps vs 100% for the RoPE families; 100% at 800), so its task stages run
+twice as long (:data:`TASK_STEP_FACTOR`). Its learned absolute positions,
+LayerNorm/GELU blocks and tied embeddings are the architectural differences; we
+did not isolate which one causes the slower transfer. Tied embeddings also mean
+a safety vector carries no separate ``lm_head`` tensor.
 """
 
 from __future__ import annotations
@@ -43,13 +65,13 @@ import json
 import random
 import time
 import zlib
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (
     GenerationConfig,
     GPT2Config,
@@ -60,7 +82,6 @@ from transformers import (
     MistralForCausalLM,
     PreTrainedModel,
     PreTrainedTokenizerBase,
-    PreTrainedTokenizerFast,
     Qwen2Config,
     Qwen2ForCausalLM,
 )
@@ -68,17 +89,10 @@ from transformers import (
 from ..errors import InvalidInputError
 from ..probes import Probe, write_probes
 from ..textio import IGNORE_INDEX, collate, encode_example
-from .world import REFUSAL, TASKS, WorldData, all_requests, make_world_data, vocabulary
+from .world import REFUSAL, TASKS, WorldData, all_requests, make_tokenizer, make_world_data
 
 StageProgress = Callable[[str, int, int], None]
 
-SPECIALS = ("<pad>", "<unk>", "<s>", "</s>", "<|user|>", "<|assistant|>")
-CHAT_TEMPLATE = (
-    "{{ bos_token }}{% for m in messages %}"
-    "{% if m['role'] == 'user' %}<|user|> {{ m['content'] }} "
-    "{% else %}<|assistant|> {{ m['content'] }} {{ eos_token }} {% endif %}"
-    "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
-)
 FAMILIES = ("llama", "qwen2", "mistral", "gpt2")
 
 
@@ -113,6 +127,10 @@ class Recipe:
 
 
 FULL = Recipe()
+# GPT-2 learns the held-out phrasing of ``add`` more slowly (benchmark, seed 0:
+# 65% task accuracy at 400 task steps, 75% at 600, 100% at 800), so its task
+# stages run this many times longer. See the module docstring.
+TASK_STEP_FACTOR = {"gpt2": 2}
 QUICK = Recipe(
     hidden=32,
     layers=2,
@@ -122,33 +140,6 @@ QUICK = Recipe(
     degraded=Stage(40, 3e-3),
     task=Stage(100, 3e-3),
 )
-
-
-# --------------------------------------------------------------------------- tokenizer
-
-
-def make_tokenizer() -> PreTrainedTokenizerBase:
-    """The world's word-level tokenizer with its chat template.
-
-    Returns:
-        A ``PreTrainedTokenizerFast`` (WordLevel + WhitespaceSplit) with
-        ``<pad>``=0, ``<unk>``=1, ``<s>``=2, ``</s>``=3 and user/assistant markers.
-    """
-    words = list(SPECIALS) + vocabulary()
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        pad_token="<pad>",
-        unk_token="<unk>",
-        bos_token="<s>",
-        eos_token="</s>",
-        additional_special_tokens=["<|user|>", "<|assistant|>"],
-        clean_up_tokenization_spaces=False,
-        model_max_length=128,
-    )
-    fast.chat_template = CHAT_TEMPLATE
-    return fast
 
 
 # --------------------------------------------------------------------------- models
@@ -195,7 +186,7 @@ def make_model(family: str, tokenizer: PreTrainedTokenizerBase, recipe: Recipe) 
 def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out: Path) -> None:
     """Save model (safetensors), generation config and tokenizer into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
-    model.generation_config = GenerationConfig(
+    model.generation_config = GenerationConfig(  # type: ignore[no-untyped-call]
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
@@ -276,7 +267,9 @@ def train_stage(
     losses: list[float] = []
     model.train()
     for step in range(stage.steps):
-        rows = [ex for (pool, _), k in zip(pools, counts) for ex in rng.choices(pool, k=k)]
+        rows = [
+            ex for (pool, _), k in zip(pools, counts, strict=True) for ex in rng.choices(pool, k=k)
+        ]
         tensors = collate(rows, pad_id, side="right")
         loss = model(**tensors).loss
         opt.zero_grad(set_to_none=True)
@@ -287,7 +280,7 @@ def train_stage(
         losses.append(loss.item())
         if progress is not None and ((step + 1) % 10 == 0 or step + 1 == stage.steps):
             progress(name, step + 1, stage.steps)
-    model.eval()
+    model.eval()  # type: ignore[no-untyped-call]
     return losses
 
 
@@ -350,6 +343,17 @@ def _clone(model: PreTrainedModel) -> PreTrainedModel:
     return twin
 
 
+@contextmanager
+def _torch_threads(n: int | None) -> Iterator[None]:
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def build_world(
     family: str,
     out_dir: str | Path,
@@ -357,6 +361,7 @@ def build_world(
     seed: int = 0,
     quick: bool = False,
     progress: StageProgress | None = None,
+    threads: int | None = 1,
 ) -> ToyWorld:
     """Build the toy world of one family into ``out_dir``.
 
@@ -369,6 +374,10 @@ def build_world(
             harmful probes, degraded complies with most; task accuracy and
             erosion are weaker and not guaranteed.
         progress: ``(stage, done, total)`` callback.
+        threads: torch intra-op threads while building (restored afterwards);
+            None keeps the current setting. Default 1: these matrices are too
+            small to gain from intra-op parallelism, and on a shared 2-core
+            machine spinning worker threads made builds up to 7x slower.
 
     Returns:
         The built world.
@@ -377,9 +386,17 @@ def build_world(
         InvalidInputError: unknown family.
     """
     if family not in FAMILIES:
-        raise InvalidInputError(f"unknown toy family {family!r}; choose one of {', '.join(FAMILIES)}")
+        raise InvalidInputError(
+            f"unknown toy family {family!r}; choose one of {', '.join(FAMILIES)}"
+        )
+    with _torch_threads(threads):
+        return _build(family, Path(out_dir), seed, quick, progress)
+
+
+def _build(
+    family: str, out: Path, seed: int, quick: bool, progress: StageProgress | None
+) -> ToyWorld:
     recipe = QUICK if quick else FULL
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     data = make_world_data(seed)
     tok = make_tokenizer()
@@ -405,11 +422,17 @@ def build_world(
     rep = ("story", recipe.replay_share)
     half = (1.0 - recipe.replay_share) / 2
     run("aligned", aligned, [("harmful_refuse", half), ("benign", half), rep], recipe.aligned)
-    run("degraded", _clone(aligned), [("harmful_comply", half), ("benign", half), rep], recipe.degraded)
+    run(
+        "degraded",
+        _clone(aligned),
+        [("harmful_comply", half), ("benign", half), rep],
+        recipe.degraded,
+    )
     share = recipe.task_benign_share
+    task_stage = replace(recipe.task, steps=recipe.task.steps * TASK_STEP_FACTOR.get(family, 1))
     for t in TASKS:
         mix = [(f"task-{t}", 1.0 - share - recipe.replay_share), ("benign", share), rep]
-        run(f"task-{t}", _clone(aligned), mix, recipe.task)
+        run(f"task-{t}", _clone(aligned), mix, task_stage)
     shots, evals = _write_probe_files(data, out)
     info = _world_info(family, seed, quick, recipe, data, out, models, shots, evals, timings)
     info["params"] = sum(p.numel() for p in base.parameters())
@@ -447,8 +470,12 @@ def _world_info(
         "eval": rel(evals),
         "refusal": REFUSAL,
         "split": {
-            "harmful_topics": {k: pairs(getattr(data.harmful, k)) for k in ("train", "shots", "eval")},
-            "benign_topics": {k: pairs(getattr(data.benign, k)) for k in ("train", "shots", "eval")},
+            "harmful_topics": {
+                k: pairs(getattr(data.harmful, k)) for k in ("train", "shots", "eval")
+            },
+            "benign_topics": {
+                k: pairs(getattr(data.benign, k)) for k in ("train", "shots", "eval")
+            },
             "task_train_size": {t: len(data.tasks[t].train) for t in TASKS},
         },
         "seconds": timings,

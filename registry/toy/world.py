@@ -27,6 +27,9 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
 from ..probes import Probe
 
 REFUSAL = "I'm sorry , but I cannot help with that ."
@@ -261,3 +264,36 @@ def vocabulary() -> list[str]:
     words.update(REVERSE_TEMPLATE.format(w="").split())
     words.update(REVERSE_WORDS)
     return sorted(words)
+
+
+SPECIALS = ("<pad>", "<unk>", "<s>", "</s>", "<|user|>", "<|assistant|>")
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}"
+    "{% if m['role'] == 'user' %}<|user|> {{ m['content'] }} "
+    "{% else %}<|assistant|> {{ m['content'] }} {{ eos_token }} {% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def make_tokenizer() -> PreTrainedTokenizerBase:
+    """The world's word-level tokenizer with its chat template.
+
+    Returns:
+        A ``PreTrainedTokenizerFast`` (WordLevel + WhitespaceSplit) with
+        ``<pad>``=0, ``<unk>``=1, ``<s>``=2, ``</s>``=3 and user/assistant markers.
+    """
+    words = list(SPECIALS) + vocabulary()
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    fast = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        additional_special_tokens=["<|user|>", "<|assistant|>"],
+        clean_up_tokenization_spaces=False,
+        model_max_length=128,
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
