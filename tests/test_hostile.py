@@ -119,3 +119,14 @@ def test_cli_hostile_checkpoint_is_one_line(tmp_path: Path) -> None:
     res = CliRunner().invoke(cli, ["--home", str(tmp_path / "h"), "model", "add", str(d)])
     assert res.exit_code == 5
     assert len(res.stderr.strip().splitlines()) == 1 and "plain dotted name" in res.stderr
+
+
+def test_world_json_paths_stay_inside(tmp_path: Path) -> None:
+    from registry.errors import InvalidInputError
+    from registry.toy import load_world
+
+    info = {"family": "llama", "seed": 0, "quick": True, "models": {"aligned": "../../etc"}, "tasks": [],
+            "shots": {}, "eval": {}}
+    (tmp_path / "world.json").write_text(json.dumps(info))
+    with pytest.raises(InvalidInputError, match="leaves the world folder"):
+        load_world(tmp_path)

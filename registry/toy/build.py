@@ -483,6 +483,13 @@ def _world_info(
     }
 
 
+def _inside(root: Path, rel: object) -> Path:
+    """A path from world.json, which must stay inside the world folder."""
+    if not isinstance(rel, str) or not rel or Path(rel).is_absolute() or ".." in Path(rel).parts:
+        raise ValueError(f"path {str(rel)[:60]!r} leaves the world folder")
+    return root / rel
+
+
 def load_world(out_dir: str | Path) -> ToyWorld:
     """Read a built world back from its ``world.json``.
 
@@ -498,10 +505,10 @@ def load_world(out_dir: str | Path) -> ToyWorld:
             family=info["family"],
             seed=int(info["seed"]),
             quick=bool(info["quick"]),
-            models={k: root / v for k, v in info["models"].items()},
+            models={k: _inside(root, v) for k, v in info["models"].items()},
             tasks=tuple(info["tasks"]),
-            shots={k: root / v for k, v in info["shots"].items()},
-            eval={k: root / v for k, v in info["eval"].items()},
+            shots={k: _inside(root, v) for k, v in info["shots"].items()},
+            eval={k: _inside(root, v) for k, v in info["eval"].items()},
             info=info,
         )
     except (OSError, ValueError, KeyError, TypeError) as exc:
