@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test install bench lint clean
+.PHONY: demo test install bench bench-peers lint clean
 
 # torch==2.13.0 first: it is the CPU wheel on this machine's disk, and installing it
 # before the project keeps pip from resolving a multi-GB CUDA build.
@@ -23,8 +23,22 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-bench: $(STAMP)
+PEERS := benchmarks/.peers-venv
+
+# Peers for the benchmarks only (zipnn, mergekit, py-spy); never runtime dependencies.
+# torch==2.13.0 first, as above, so pip never resolves another torch.
+$(PEERS)/.installed-stamp:
+	test -x $(PEERS)/bin/python || $(PYTHON) -m venv $(PEERS)
+	$(PEERS)/bin/python -m pip install --quiet torch==2.13.0
+	$(PEERS)/bin/python -m pip install --quiet zipnn mergekit py-spy
+	touch $@
+
+bench-peers: $(PEERS)/.installed-stamp
+
+# Full scale benchmark (~25 min on 2 cores; checkpoints in /tmp/sg-scale, removed after).
+bench: $(STAMP) bench-peers
 	$(BIN)/python benchmarks/codec_ratio.py
+	$(BIN)/python benchmarks/scale.py
 
 clean:
 	rm -rf demo-work .pytest_cache

@@ -19,14 +19,18 @@ def machine() -> dict[str, Any]:
             "platform": platform.platform(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}  # fmt: skip
 
 
-def write_results(name: str, data: dict[str, Any], markdown: str) -> Path:
-    """Write results/<name>.json and results/<name>.md (the markdown gets a machine footer)."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
+def write_results(name: str, data: dict[str, Any], markdown: str, *, root: Path | None = None) -> Path:
+    """Write results/<name>.json and results/<name>.md (the markdown gets a machine footer).
+
+    ``root`` replaces benchmarks/results/ (e.g. a temp folder for a CI smoke run).
+    """
+    out = root or RESULTS
+    out.mkdir(parents=True, exist_ok=True)
     data = {**data, "machine": machine()}
-    (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
+    (out / f"{name}.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
     m = data["machine"]
     footer = f"\n_Measured {m['date']} on {m['cpus']} CPU(s), torch {m['torch']}, Python {m['python']}._\n"
-    path = RESULTS / f"{name}.md"
+    path = out / f"{name}.md"
     path.write_text(markdown.rstrip() + "\n" + footer)
     return path
 

@@ -71,8 +71,12 @@ class PendingCheckpoint:
             raise InvalidInputError(f"role {role!r} is not one of {', '.join(ROLES)}")
         if name is not None:
             check_name(name, "checkpoint name")
-        ckpt = Checkpoint(path)
-        return cls(ckpt, ckpt.content_hash(), family_key(ckpt.config, ckpt.names()),
+        return cls.of(Checkpoint(path), name=name, role=role)
+
+    @classmethod
+    def of(cls, ckpt: Checkpoint, *, name: str | None, role: str, digest: str | None = None) -> PendingCheckpoint:
+        """From an opened checkpoint (``digest``: its content hash, when already computed)."""
+        return cls(ckpt, digest or ckpt.content_hash(), family_key(ckpt.config, ckpt.names()),
                    manifest_hash(ckpt.manifest()), name, role)  # fmt: skip
 
 

@@ -243,13 +243,14 @@ class Checkpoint:
         """sha256 over (name, dtype, shape, bytes) of every tensor, in name order."""
         h = hashlib.sha256(b"safegene-checkpoint-v1\n")
         by_file: dict[str, int] = {}
+        buf = memoryview(bytearray(_HASH_CHUNK))
         for name in self.names():
             info = self.tensors[name]
             h.update(f"{name}\0{info.dtype}\0{list(info.shape)}\0{info.nbytes}\n".encode())
             fd = by_file.get(info.file)
             if fd is None:
                 fd = by_file[info.file] = os.open(self.path / info.file, os.O_RDONLY)
-            _hash_range(h, fd, info.start, info.nbytes)
+            _hash_range(h, fd, info.start, info.nbytes, buf)
         for fd in by_file.values():
             os.close(fd)
         return h.hexdigest()
@@ -267,12 +268,14 @@ class Checkpoint:
         return sum(t.nbytes for t in self.tensors.values())
 
 
-def _hash_range(h: Any, fd: int, start: int, length: int) -> None:
+def _hash_range(h: Any, fd: int, start: int, length: int, buf: memoryview | None = None) -> None:
+    # One reusable buffer (preadv into it, hash a view of it): no allocation per chunk.
+    view = buf if buf is not None else memoryview(bytearray(min(_HASH_CHUNK, max(length, 1))))
     pos, remaining = start, length
     while remaining:
-        chunk = os.pread(fd, min(_HASH_CHUNK, remaining), pos)
-        if not chunk:
+        n = os.preadv(fd, [view[: min(len(view), remaining)]], pos)
+        if n <= 0:
             raise InvalidCheckpointError(f"fd {fd}", "file shrank while it was being hashed")
-        h.update(chunk)
-        pos += len(chunk)
-        remaining -= len(chunk)
+        h.update(view[:n])
+        pos += n
+        remaining -= n

@@ -19,10 +19,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from ._faults import crashpoint
-from .checkpoint import Checkpoint
+from ._threads import torch_threads
+from .checkpoint import DTYPE_SIZES, Checkpoint
 from .errors import AlreadyExistsError, InvalidInputError
 from .store import fsync_dir
 
@@ -151,23 +151,50 @@ def _write_shards(target: Checkpoint, lookup: Callable[[str], tuple[float, torch
     files = (["model.safetensors"] if len(groups) == 1
              else [f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors" for i in range(len(groups))])  # fmt: skip
     done = 0
-    for fname, group in zip(files, groups, strict=True):
-        tensors: dict[str, torch.Tensor] = {}
-        for n in group:
+    with torch_threads(1):
+        for fname, group in zip(files, groups, strict=True):
+            done = _write_shard(target, lookup, tmp / fname, group, metadata, done, len(names), progress)
+    return list(zip(files, groups, strict=True))
+
+
+
+def _write_shard(target: Checkpoint, lookup: Callable[[str], tuple[float, torch.Tensor] | None], path: Path,
+                 group: list[str], metadata: dict[str, str], done: int, total: int,
+                 progress: Callable[[int, int], None] | None) -> int:  # fmt: skip
+    # Streamed: the safetensors header is known from the target's shapes and
+    # dtypes, so each tensor is written as soon as it is patched and then
+    # dropped; memory holds one tensor, not a whole shard.
+    order = sorted(group, key=lambda n: (-DTYPE_SIZES[target.tensors[n].dtype], n))  # safetensors' own order
+    with open(path, "wb") as fh:
+        fh.write(_shard_header(target, order, metadata))
+        for n in order:
             w = target.get_tensor(n)
             delta = lookup(n)
             if delta is not None:
                 lam, v = delta
                 w = (w.to(torch.float32) + lam * v).to(w.dtype)
-            tensors[n] = w.contiguous()
+            if w.numel():
+                fh.write(w.contiguous().reshape(-1).view(torch.uint8).numpy().data)
+            del w
             done += 1
             if progress:
-                progress(done, len(names))
-        save_file(tensors, str(tmp / fname), metadata=metadata)
+                progress(done, total)
+        fh.flush()
         crashpoint("patch.shard-written")
-        with open(tmp / fname, "rb") as fh:
-            os.fsync(fh.fileno())
-    return list(zip(files, groups, strict=True))
+        os.fsync(fh.fileno())
+    return done
+
+
+def _shard_header(target: Checkpoint, order: list[str], metadata: dict[str, str]) -> bytes:
+    entries: dict[str, object] = {"__metadata__": metadata}
+    off = 0
+    for n in order:
+        info = target.tensors[n]
+        entries[n] = {"dtype": info.dtype, "shape": list(info.shape), "data_offsets": [off, off + info.nbytes]}
+        off += info.nbytes
+    head = json.dumps(entries, separators=(",", ":")).encode()
+    head += b" " * (-len(head) % 8)
+    return len(head).to_bytes(8, "little") + head
 
 
 def read_patch_metadata(path: str | Path) -> dict[str, str]:

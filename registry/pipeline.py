@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
@@ -341,10 +342,9 @@ class PipelineOps(VectorOps):
             if earlier is None:
                 raise AlreadyExistsError(f"{out_path} already exists; choose another --out or pass --force")
             return earlier
-        target_rec = self.add_model(ck.path, role="task")
+        pending_target = PendingCheckpoint.of(ck, name=None, role="task", digest=target_hash)
+        target_rec = self.transaction(lambda s: self._insert_checkpoint(s, pending_target))
         key_of = {lay.position: layer_key(lay.index) for lay in vec.layers}
-        slices = self.load_vector_slices(vec, positions=positions)
-        deltas = {n: (coefs[key_of[p]], v) for p, s in slices.items() for n, v in s.items()}
         uid = new_uid()
         meta = {"safegene.vector": vec.hash, "safegene.vector_name": vec.name, "safegene.event": uid,
                 "safegene.target": target_rec.hash, "safegene.coefficients": canonical_json(coefs)}  # fmt: skip
@@ -369,9 +369,28 @@ class PipelineOps(VectorOps):
 
             done.append(self.transaction(tx))
 
+        deltas = self._slice_deltas(vec, positions, {p: coefs[key_of[p]] for p in positions})
         write_patched(ck, deltas, out_path, metadata=meta, force=force, lease_dir=self.store.tmp_dir,
                       before_rename=register, progress=progress)  # fmt: skip
         return done[0]
+
+    def _slice_deltas(self, vec: VectorRecord, positions: list[int],
+                      lam: dict[int, float]) -> Callable[[str], tuple[float, torch.Tensor] | None]:  # fmt: skip
+        """name -> (λ, v), fetching one slice at a time: the patch walks tensors in name
+        order, so a block's tensors come together and only one decoded slice is held."""
+        pos_of = {n: lay.position for lay in vec.layers if lay.position in positions for n in lay.tensor_names}
+        held: dict[int, dict[str, torch.Tensor]] = {}
+
+        def lookup(name: str) -> tuple[float, torch.Tensor] | None:
+            p = pos_of.get(name)
+            if p is None:
+                return None
+            if p not in held:
+                held.clear()
+                held.update(self.load_vector_slices(vec, positions=[p]))
+            return lam[p], held[p][name]
+
+        return lookup
 
     @staticmethod
     def _same_patch_meta(out: Path, vec: VectorRecord, target_hash: str) -> bool:

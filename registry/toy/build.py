@@ -65,8 +65,7 @@ import json
 import random
 import time
 import zlib
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -86,6 +85,7 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
+from .._threads import torch_threads
 from ..errors import InvalidInputError
 from ..probes import Probe, write_probes
 from ..textio import IGNORE_INDEX, collate, encode_example
@@ -343,16 +343,6 @@ def _clone(model: PreTrainedModel) -> PreTrainedModel:
     return twin
 
 
-@contextmanager
-def _torch_threads(n: int | None) -> Iterator[None]:
-    before = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
 
 def build_world(
     family: str,
@@ -389,7 +379,7 @@ def build_world(
         raise InvalidInputError(
             f"unknown toy family {family!r}; choose one of {', '.join(FAMILIES)}"
         )
-    with _torch_threads(threads):
+    with torch_threads(threads):
         return _build(family, Path(out_dir), seed, quick, progress)
 
 

@@ -1,0 +1,258 @@
+"""Child processes of benchmarks/scale.py: one measured job per process.
+
+    python benchmarks/_scale_jobs.py JOB '{"arg": ...}'
+
+Each job prints one JSON line (prefixed ``RESULT``) with its own timings and
+``vm_hwm_mib`` (peak resident memory, read from /proc/self/status) so that
+every figure comes from a fresh process with nothing else resident.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def vm_hwm_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def job_floor(dirs: list[str]) -> dict[str, Any]:
+    """Read every tensor of each checkpoint once through safetensors (the physical floor)."""
+    from safetensors import safe_open
+
+    t0 = time.perf_counter()
+    nbytes = 0
+    for d in dirs:
+        for f in sorted(Path(d).glob("*.safetensors")):
+            with safe_open(str(f), "pt") as fh:
+                for k in fh.keys():  # noqa: SIM118 (safe_open has no __iter__)
+                    # get_tensor maps the file lazily: copying the tensor is what reads its bytes
+                    t = fh.get_tensor(k).clone()
+                    nbytes += t.numel() * t.element_size()
+                    del t
+    return {"seconds": time.perf_counter() - t0, "bytes": nbytes}
+
+
+def job_extract(home: str, aligned: str, degraded: str) -> dict[str, Any]:
+    from registry import Registry
+
+    reg = Registry.open(home)
+    t0 = time.perf_counter()
+    vec = reg.extract_vector(aligned, degraded, name="scale-vector")
+    secs = time.perf_counter() - t0
+    return {"seconds": secs, "vector": vec.hash, "raw_size": vec.raw_size, "stored_size": vec.stored_size,
+            "layers": len(vec.layers)}  # fmt: skip
+
+
+def job_dump_payloads(home: str, out: str) -> dict[str, Any]:
+    """Write each slice payload of the registry's one vector to ``out`` (codec inputs)."""
+    from registry import Registry
+    from registry.vectors import payload_skip
+
+    reg = Registry.open(home)
+    vec = reg.list_vectors()[0]
+    files = []
+    for lay in vec.layers:
+        payload = reg.store.get(lay.blob)
+        p = Path(out) / f"{lay.position:04d}.st"
+        p.write_bytes(payload)
+        files.append({"path": str(p), "skip": payload_skip(payload)})
+    return {"files": files}
+
+
+def job_codec(files: list[dict[str, Any]], which: str, repeats: int) -> dict[str, Any]:
+    """Compress / decompress the payloads with the registry codec or plain zstd level 3."""
+    import zstandard
+
+    from registry import codec
+
+    raw = stored = 0
+    enc = dec = float("inf")
+    for _ in range(repeats):
+        t_enc = t_dec = 0.0
+        raw = stored = 0
+        for f in files:
+            payload = Path(f["path"]).read_bytes()
+            t0 = time.perf_counter()
+            if which == "registry":
+                _, blob = codec.encode(payload, skip=f["skip"], width=4)
+            else:
+                blob = zstandard.ZstdCompressor(level=3, threads=-1).compress(payload)
+            t1 = time.perf_counter()
+            back = codec.decode(blob) if which == "registry" else zstandard.ZstdDecompressor().decompress(blob)
+            t_dec += time.perf_counter() - t1
+            t_enc += t1 - t0
+            assert back == payload, "round trip failed"
+            raw, stored = raw + len(payload), stored + len(blob)
+        enc, dec = min(enc, t_enc), min(dec, t_dec)
+    return {"raw": raw, "stored": stored, "enc_s": enc, "dec_s": dec}
+
+
+def job_patch(home: str, target: str, out: str) -> dict[str, Any]:
+    from registry import Registry
+
+    reg = Registry.open(home)
+    vec = reg.list_vectors()[0]
+    t0 = time.perf_counter()
+    res = reg.patch(target, vec.hash, out, coefficients="uniform:1.0", layers="all")
+    return {"seconds": time.perf_counter() - t0, "hash": res.hash}
+
+
+def job_compare(a: str, b: str, target: str) -> dict[str, Any]:
+    """Compare two checkpoints tensor by tensor (bf16 ulps), and each against the target."""
+    from registry.checkpoint import Checkpoint
+
+    ca, cb, ct = Checkpoint(a), Checkpoint(b), Checkpoint(target)
+    if ca.manifest() != cb.manifest():
+        return {"same_manifest": False}
+    exact = changed = 0
+    worst_ulp = 0.0
+    for n in ca.names():
+        x, y = ca.get_tensor(n), cb.get_tensor(n)
+        if x.dtype != y.dtype:
+            y = y.to(x.dtype)
+        if torch.equal(x, y):
+            exact += 1
+        else:
+            xf, yf = x.float(), y.float()
+            ulp = torch.finfo(x.dtype).eps * xf.abs().maximum(yf.abs()).clamp_min(torch.finfo(x.dtype).tiny)
+            worst_ulp = max(worst_ulp, float(((xf - yf).abs() / ulp).max()))
+        if not torch.equal(x, ct.get_tensor(n).to(x.dtype)):
+            changed += 1
+    return {"same_manifest": True, "tensors": len(ca.names()), "bit_identical": exact,
+            "max_diff_ulps": worst_ulp, "tensors_changed_vs_target": changed}  # fmt: skip
+
+
+def _shots32(world_dir: str) -> list[Any]:
+    from registry.probes import load_probes
+
+    shots = load_probes(Path(world_dir) / "shots-add.jsonl")
+    by = {k: [p for p in shots if p.kind == k] for k in ("harmful", "task", "benign")}
+    return by["harmful"][:16] + by["task"][:8] + by["benign"][:8]
+
+
+def _harmful_eval(world_dir: str, quick: bool) -> list[Any]:
+    from registry.probes import load_probes
+
+    probes = [p for p in load_probes(Path(world_dir) / "eval-add.jsonl") if p.kind == "harmful"]
+    return probes[:16] if quick else probes
+
+
+def job_recal(home: str, world: str, quick: bool) -> dict[str, Any]:
+    from registry import Registry
+    from registry.evaluate import evaluate_model
+    from registry.recalibrate import apply_in_memory
+    from registry.textio import load_model, load_tokenizer
+
+    torch.set_num_threads(2)
+    reg = Registry.open(home)
+    w = Path(world)
+    vec = reg.extract_vector(w / "aligned", w / "degraded", name="toy-vector")
+    target = w / "task-add"
+    reg.add_model(target, role="task")
+    shots = _shots32(world)
+    hwm_before = vm_hwm_mib()
+    t0 = time.perf_counter()
+    from registry.recalibrate import FitSettings
+
+    settings = FitSettings(steps=5) if quick else None  # the smoke run only checks that the code runs
+    fit = reg.recalibrate(target, vec.hash, shots, layers="all", use_cache=False, settings=settings)
+    secs = time.perf_counter() - t0
+    hwm = vm_hwm_mib()
+    evals = _harmful_eval(world, quick)
+    tok = load_tokenizer(target)
+    before = evaluate_model(None, evals, model=load_model(target), tokenizer=tok).harmful_rate
+    model = load_model(target)
+    index_to_pos = {str(lay.index): lay.position for lay in vec.layers}
+    slices = reg.load_vector_slices(vec, positions=list(index_to_pos.values()))
+    apply_in_memory(model, slices, {index_to_pos[k]: v for k, v in fit.coefficients.items()})
+    after = evaluate_model(None, evals, model=model, tokenizer=tok).harmful_rate
+    return {"seconds": secs, "vm_hwm_mib_fit": hwm, "vm_hwm_mib_before_fit": hwm_before, "hrr_target": before,
+            "hrr_recalibrated": after, "shots": len(shots), "steps": len(fit.losses) - 1}  # fmt: skip
+
+
+def job_finetune(world: str, hrr_goal: float, max_steps: int, every: int, quick: bool) -> dict[str, Any]:
+    """Safety fine-tune the target on the same shots (full AdamW) until its HRR reaches ``hrr_goal``."""
+    from registry.evaluate import evaluate_model
+    from registry.textio import collate, encode_example, load_model, load_tokenizer, pad_id_of
+
+    torch.set_num_threads(2)
+    target = Path(world) / "task-add"
+    model, tok = load_model(target), load_tokenizer(target)
+    shots = [p for p in _shots32(world) if p.response]  # benign shots without an answer give no SFT signal
+    batch = collate([encode_example(tok, p.prompt, p.response) for p in shots], pad_id_of(tok), side="right")
+    evals = _harmful_eval(world, quick)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)  # the toy world's fine-tune lr
+    train_s = eval_s = 0.0
+    hrr, step = 1.0, 0
+    curve = []
+    while step < max_steps:
+        model.train()
+        t0 = time.perf_counter()
+        for _ in range(every):
+            loss = model(**batch).loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+        train_s += time.perf_counter() - t0
+        model.eval()
+        t0 = time.perf_counter()
+        hrr = evaluate_model(None, evals, model=model, tokenizer=tok).harmful_rate or 0.0
+        eval_s += time.perf_counter() - t0
+        curve.append([step, hrr])
+        if hrr <= hrr_goal:
+            break
+    return {"train_seconds": train_s, "eval_seconds": eval_s, "steps": step, "hrr": hrr,
+            "reached": hrr <= hrr_goal, "curve": curve, "shots_used": len(shots)}  # fmt: skip
+
+
+def job_generate(work: str, world: str, quick: bool, layers: list[int]) -> dict[str, Any]:
+    """Generate the checkpoint families (in a child, so the parent's peak RSS stays small:
+    a child's ru_maxrss starts from its parent's high-water mark at spawn)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import _bigmodel as bm
+
+    shape = bm.QUICK if quick else bm.FULL
+    w = Path(world)
+    deg = bm.delta_profile(w / "aligned", w / "degraded")
+    task = bm.delta_profile(w / "aligned", w / "task-add")
+    out: dict[str, dict[str, str]] = {}
+    for i, n in enumerate(layers):
+        root = Path(work) / f"llama-h{shape.hidden}-l{n}"
+        names = ["aligned", "degraded", "task"] if i == 0 else ["aligned", "degraded"]
+        if not (root / ".complete").is_file():
+            print(f"generating {root.name} ({', '.join(names)})", file=sys.stderr, flush=True)
+            import shutil
+
+            shutil.rmtree(root, ignore_errors=True)
+            bm.write_family(root, shape, n, deg, task if i == 0 else None,
+                            shard_bytes=(700 << 20) if not quick else (1 << 20))  # fmt: skip
+            (root / ".complete").write_text("ok\n")
+        out[str(n)] = {k: str(root / k) for k in names}
+    bm.check_loadable(Path(out[str(layers[0])]["task"]), instantiate=quick)
+    return {"dirs": out}
+
+
+JOBS = {"generate": job_generate, "floor": job_floor, "extract": job_extract, "dump": job_dump_payloads, "codec": job_codec,
+        "patch": job_patch, "compare": job_compare, "recal": job_recal, "finetune": job_finetune}  # fmt: skip
+
+if __name__ == "__main__":
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    result = JOBS[sys.argv[1]](**json.loads(sys.argv[2]))
+    result["vm_hwm_mib"] = vm_hwm_mib()
+    result["pid"] = os.getpid()
+    print("RESULT " + json.dumps(result), flush=True)

@@ -1,0 +1,33 @@
+"""The benchmark scripts' quick modes still run (so the benchmark code does not rot).
+
+Each runs in a subprocess with a timeout and writes into a temp folder, never
+over the committed full results in benchmarks/.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_scale_quick(tmp_path: Path) -> None:
+    out, work = tmp_path / "out", tmp_path / "work"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "scale.py"), "--quick", "--out", str(out), "--work", str(work)],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    data = json.loads((out / "results" / "scale-quick.json").read_text())
+    assert data["quick"] is True
+    for figure in ("extract", "codec", "patch", "recal"):
+        assert figure in data, f"quick run wrote no {figure} figures"
+    assert data["extract"]["2"]["runs"][0]["extract"]["raw_size"] > 0
+    if data["peers"]:  # with benchmarks/.peers-venv: the patch outputs must agree with mergekit's
+        assert data["patch"]["compare"]["max_diff_ulps"] <= 1.0
+    md = (out / "RESULTS.md").read_text()
+    assert "scale:begin" in md and "| extract" in md
+    assert not (work / "quick").exists(), "generated checkpoints are removed after the run"
