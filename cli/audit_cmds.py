@@ -19,15 +19,17 @@ def audit_group() -> None:
 @audit_group.command("log")
 @click.option("--model", help="Events whose target or output is this checkpoint REF.")
 @click.option("--vector", help="Events of this vector (name, hash prefix, or full hash of a removed one).")
+@click.option("--family", help="Events of vectors or targets in this family (model type or id prefix).")
 @click.option("--kind", help="patch | vector.register | vector.score | vector.remove")
 @click.option("--actor")
 @click.option("--since", help="ISO date/time.")
 @click.option("--limit", type=int, help="Only the last N events.")
 @pass_app
-def audit_log(app: App, model: str | None, vector: str | None, kind: str | None, actor: str | None,
-              since: str | None, limit: int | None) -> None:  # fmt: skip
+def audit_log(app: App, model: str | None, vector: str | None, family: str | None, kind: str | None,
+              actor: str | None, since: str | None, limit: int | None) -> None:  # fmt: skip
     """List audit events, oldest first."""
-    recs = app.registry().audit_log(model=model, vector=vector, kind=kind, actor=actor, since=since, limit=limit)
+    recs = app.registry().audit_log(model=model, vector=vector, family=family, kind=kind, actor=actor,
+                                    since=since, limit=limit)  # fmt: skip
     app.out.emit({"events": [r.to_json() for r in recs]}, lambda: app.out.table(
         None, ["seq", "event", "kind", "when", "actor", "vector", "target", "output"],
         [[r.seq, short(r.uid, 8), r.kind, r.created_at[:19], r.actor, short(r.vector_hash),

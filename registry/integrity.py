@@ -11,7 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from . import models as m
-from ._catalog import resolve_checkpoint, resolve_vector
+from ._catalog import resolve_checkpoint, resolve_family, resolve_vector
 from ._core import RegistryCore
 from ._faults import crashpoint
 from .audit import ChainReport, check_vector_states, verify_chain
@@ -60,8 +60,9 @@ class GcReport:
 class AuditOps(RegistryCore):
     """Audit trail, verification and garbage collection."""
 
-    def audit_log(self, *, model: str | None = None, vector: str | None = None, kind: str | None = None,
-                  actor: str | None = None, since: str | None = None, limit: int | None = None) -> list[AuditRecord]:  # fmt: skip
+    def audit_log(self, *, model: str | None = None, vector: str | None = None, family: str | None = None,
+                  kind: str | None = None, actor: str | None = None, since: str | None = None,
+                  limit: int | None = None) -> list[AuditRecord]:  # fmt: skip
         def q(session: Session) -> list[AuditRecord]:
             stmt = select(m.AuditEvent).order_by(m.AuditEvent.seq)
             if model:
@@ -69,6 +70,11 @@ class AuditOps(RegistryCore):
                 stmt = stmt.where((m.AuditEvent.target_hash == h) | (m.AuditEvent.output_hash == h))
             if vector:
                 stmt = stmt.where(m.AuditEvent.vector_hash == _vector_hash(session, vector))
+            if family:
+                fid = resolve_family(session, family).id
+                stmt = stmt.where(
+                    m.AuditEvent.vector_hash.in_(select(m.Vector.hash).where(m.Vector.family_id == fid))
+                    | m.AuditEvent.target_hash.in_(select(m.Checkpoint.hash).where(m.Checkpoint.family_id == fid)))
             if kind:
                 stmt = stmt.where(m.AuditEvent.kind == kind)
             if actor:

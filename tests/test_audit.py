@@ -119,6 +119,10 @@ def test_cli_audit_commands(chain_reg: Registry, tmp_path: Path) -> None:
 
     log = json.loads(CliRunner().invoke(cli, [*base, "audit", "log", "--kind", "patch"]).stdout)
     assert [e["seq"] for e in log["events"]] == [2, 3, 4]
+    fam = json.loads(CliRunner().invoke(cli, [*base, "audit", "log", "--family", "llama"]).stdout)
+    assert [e["seq"] for e in fam["events"]] == [1, 2, 3, 4]
+    none = CliRunner().invoke(cli, [*base, "audit", "log", "--family", "qwen2"])
+    assert none.exit_code == 3  # no such family in this catalog
     ident = json.loads(CliRunner().invoke(cli, [*base, "audit", "identify", str(tmp_path / "out1")]).stdout)
     assert ident["event"] == log["events"][1]["uid"] and ident["output"] and ident["vector"] and ident["target"]
     show = json.loads(CliRunner().invoke(cli, [*base, "audit", "show", "3"]).stdout)

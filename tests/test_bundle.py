@@ -252,3 +252,40 @@ def test_cli_export_import(src: Registry, bundles: dict[str, Path], tmp_path: Pa
     res = run.invoke(cli, ["--home", str(home), "vector", "import", str(bundles["other"]), "--name", "x",
                            "--verify-key", str(bundles["pub"])])  # fmt: skip
     assert res.exit_code == 7 and "verify-key" in res.output  # IntegrityCheckError → 7
+
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_fuzz_bundle_reader(bundles: dict[str, Path], tmp_path_factory: pytest.TempPathFactory,
+                            data: st.DataObject) -> None:
+    """Random flips, truncations, insertions and length rewrites: a RegistryError with nothing
+    written, or (when the mutation changed nothing) the same vector. Nothing else."""
+    original = bundles["plain"].read_bytes()
+    blob = bytearray(original)
+    for _ in range(data.draw(st.integers(1, 3))):
+        if not blob:
+            break
+        op = data.draw(st.sampled_from(["flip", "truncate", "insert", "u64"]))
+        pos = data.draw(st.integers(0, len(blob) - 1))
+        if op == "flip":
+            blob[pos] ^= 1 << data.draw(st.integers(0, 7))
+        elif op == "truncate":
+            del blob[pos:]
+        elif op == "insert":
+            blob[pos:pos] = data.draw(st.binary(min_size=1, max_size=16))
+        else:
+            blob[pos:pos + 8] = data.draw(st.integers(0, 2**64 - 1)).to_bytes(8, "little")
+    path = tmp_path_factory.mktemp("fuzz") / "b.sgb"
+    path.write_bytes(bytes(blob))
+    dst = Registry.open(path.parent / "home")
+    try:
+        rec = import_bundle(dst, path)
+        assert rec.hash == verify_bundle(bundles["plain"]).hash
+    except RegistryError:
+        assert dst.count_vectors() == 0 and not list(dst.store.iter_shas())
+    finally:
+        dst.close()
