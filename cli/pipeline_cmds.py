@@ -109,9 +109,11 @@ def patch(app: App, target_dir: Path, vector: str, out_dir: Path, shots: Path | 
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--max-new-tokens", type=int, default=64, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write a PNG placing the model on the safety–utility plane (needs matplotlib).")
 @pass_app
 def eval_cmd(app: App, model_dir: Path, probes: Path, judge: str, batch_size: int, max_new_tokens: int,
-             device: str) -> None:  # fmt: skip
+             device: str, plot: Path | None) -> None:  # fmt: skip
     """Harmful response rate, task accuracy and benign over-refusal of MODEL_DIR."""
     items = load_probes(probes)
     judge_obj = get_judge(judge)
@@ -120,6 +122,11 @@ def eval_cmd(app: App, model_dir: Path, probes: Path, judge: str, batch_size: in
                              max_new_tokens=max_new_tokens, device=device,
                              progress=lambda d, t: update(d, t))  # fmt: skip
     data = res.to_json()
+    if plot is not None:
+        from registry.plots import plot_safety_utility
+
+        plot_safety_utility([{**data, "model": model_dir.name}], plot, title=f"eval of {model_dir.name}")
+        app.out.info(f"wrote {plot}")
     app.out.emit(data, lambda: app.out.table(
         f"eval of {model_dir}", ["metric", "value", "n"],
         [["harmful response rate", _pct(data.get("harmful_rate")), data["n"].get("harmful")],

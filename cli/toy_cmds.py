@@ -62,10 +62,17 @@ def _print_demo(app: App, res: DemoResult) -> None:
               show_default=True, help="Where the toy world and patched models go (reused).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--quick", is_flag=True, help="Use the fast, weaker CI world.")
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write a PNG of the safety–utility table (needs matplotlib).")
 @pass_app
-def demo(app: App, family: str, workdir: Path, seed: int, quick: bool) -> None:
+def demo(app: App, family: str, workdir: Path, seed: int, quick: bool, plot: Path | None) -> None:
     """The whole pipeline end to end on a toy world."""
     res = run_demo(app.registry(), workdir, family=family, seed=seed, quick=quick, say=app.out.info)
+    if plot is not None:
+        from registry.plots import plot_safety_utility
+
+        plot_safety_utility([r.__dict__ for r in res.rows], plot, title=f"SafeGene demo: {family}")
+        app.out.info(f"wrote {plot}")
     app.out.emit(res.to_json(), lambda: _print_demo(app, res))
 
 

@@ -95,10 +95,17 @@ def vector_ls(app: App, family: str | None, limit: int | None) -> None:
 
 @vector_group.command("show")
 @click.argument("name")
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write a PNG of the per-layer scores (needs matplotlib).")
 @pass_app
-def vector_show(app: App, name: str) -> None:
+def vector_show(app: App, name: str, plot: Path | None) -> None:
     """Show a vector with its per-layer scores."""
     rec = app.registry().get_vector(name)
+    if plot is not None:
+        from registry.plots import plot_layer_scores
+
+        plot_layer_scores(rec, plot)
+        app.out.info(f"wrote {plot}")
     app.out.emit(vector_json(rec), lambda: _layers_table(app, rec))
 
 
