@@ -198,12 +198,16 @@ def upgrade(engine: Engine, revision: str = "head") -> tuple[str | None, str | N
     """
     with migration_lock(engine):
         before = current_revision(engine)
-        cfg = alembic_config(engine.url.render_as_string(hide_password=False))
-        with engine.connect() as conn:
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, revision)
-            conn.commit()
+        _upgrade_locked(engine, revision)
         return before, current_revision(engine)
+
+
+def _upgrade_locked(engine: Engine, revision: str) -> None:
+    cfg = alembic_config(engine.url.render_as_string(hide_password=False))
+    with engine.connect() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, revision)
+        conn.commit()
 
 
 def downgrade(engine: Engine, revision: str) -> None:
@@ -226,10 +230,16 @@ def ensure_schema(engine: Engine, *, create: bool) -> None:
     current = current_revision(engine)
     if current == head:
         return
-    if current is None and create and not _has_tables(engine):
-        upgrade(engine)
-        return
-    raise SchemaOutdatedError(current, head)
+    if current is None and create:
+        # Decide under the lock: another process may be creating this catalog
+        # right now (its tables exist before its version row does).
+        with migration_lock(engine):
+            current = current_revision(engine)
+            if current is None and not _has_tables(engine):
+                _upgrade_locked(engine, "head")
+                return
+    if current != head:
+        raise SchemaOutdatedError(current, head)
 
 
 def _has_tables(engine: Engine) -> bool:
