@@ -47,10 +47,12 @@ def audit_show(app: App, event_id: str) -> None:
 
 
 @audit_group.command("verify")
+@click.option("--verify-key", type=click.Path(dir_okay=False, path_type=Path),
+              help="PEM Ed25519 public key: every event must be signed by it.")
 @pass_app
-def audit_verify(app: App) -> None:
-    """Walk the hash chain; exit 1 naming the first bad entry."""
-    rep = app.registry().audit_verify()
+def audit_verify(app: App, verify_key: Path | None) -> None:
+    """Walk the hash chain and check signatures; exit 1 naming the first bad entry."""
+    rep = app.registry().audit_verify(verify_key=verify_key)
     data = {"ok": rep.ok, "problems": rep.problems, "length": rep.length, "head": rep.head,
             "first_bad_seq": rep.first_bad_seq}  # fmt: skip
     app.out.emit(data, lambda: app.out.console.print(
@@ -81,10 +83,12 @@ def audit_identify(app: App, model_dir: Path) -> None:
 
 @click.command("verify")
 @click.option("--quick", is_flag=True, help="Check presence only; do not re-hash blob contents.")
+@click.option("--verify-key", type=click.Path(dir_okay=False, path_type=Path),
+              help="PEM Ed25519 public key: every audit event must be signed by it.")
 @pass_app
-def verify(app: App, quick: bool) -> None:
+def verify(app: App, quick: bool, verify_key: Path | None) -> None:
     """Re-hash blobs, check catalog ↔ store both ways, walk the audit chain (exit 1 on problems)."""
-    rep = app.registry().verify(deep=not quick)
+    rep = app.registry().verify(deep=not quick, verify_key=verify_key)
 
     def human() -> None:
         head = "ok" if rep.ok else f"{len(rep.problems)} problem(s)"

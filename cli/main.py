@@ -44,16 +44,19 @@ class SafegeneGroup(click.Group):
     envvar="SAFEGENE_DB_URL",
     help="Catalog URL, e.g. postgresql+psycopg://user@host/db (default: SQLite file in home).",
 )
+@click.option("--sign-key", type=click.Path(dir_okay=False, path_type=Path), envvar="SAFEGENE_SIGN_KEY",
+              help="PEM Ed25519 private key: sign every audit event this command appends.")
 @click.option("--json", "json_mode", is_flag=True, help="Print one JSON document on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors (and --json output).")
 @click.version_option(__version__, prog_name="safegene")
 @click.pass_context
-def cli(ctx: click.Context, home: Path | None, db_url: str | None, json_mode: bool, quiet: bool) -> None:
+def cli(ctx: click.Context, home: Path | None, db_url: str | None, sign_key: Path | None, json_mode: bool,
+        quiet: bool) -> None:  # fmt: skip
     """SafeGene Registry: keep, resolve and apply safety vectors per model family."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # our own progress bars replace transformers' tqdm
-    ctx.obj = App(home=home, db_url=db_url, out=Output(json_mode=json_mode, quiet=quiet))
+    ctx.obj = App(home=home, db_url=db_url, out=Output(json_mode=json_mode, quiet=quiet), sign_key=sign_key)
 
 
 for module in (catalog_cmds, vector_cmds, pipeline_cmds, audit_cmds, toy_cmds):

@@ -14,7 +14,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Self, TypeVar
+from typing import Any, Self, TypeVar
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -33,6 +33,7 @@ from .checkpoint import Checkpoint
 from .errors import AlreadyExistsError, InvalidInputError
 from .family import FamilyKey, family_key, manifest_hash
 from .records import CheckpointRecord, FamilyRecord
+from .signing import load_key
 from .store import BlobStore
 
 T = TypeVar("T")
@@ -98,7 +99,8 @@ class RegistryCore:
             upgraded implicitly: that raises :class:`SchemaOutdatedError`).
     """
 
-    def __init__(self, home: str | Path | None = None, db_url: str | None = None) -> None:
+    def __init__(self, home: str | Path | None = None, db_url: str | None = None, *,
+                 sign_key: str | Path | None = None) -> None:  # fmt: skip
         self.home = Path(home).expanduser() if home else default_home()
         self.db_url = db_url or os.environ.get("SAFEGENE_DB_URL") or (
             f"sqlite:///{(self.home / 'catalog.db').resolve()}"
@@ -109,13 +111,20 @@ class RegistryCore:
                              if db.is_sqlite(self.engine) else self.engine)  # fmt: skip
         self._read_factory = sessionmaker(self._read_engine, expire_on_commit=False)
         self.store = BlobStore(self.home / "store")
+        # Ed25519 key that signs every audit event this handle appends (optional).
+        self.sign_key: Any = load_key(Path(sign_key), private=True) if sign_key else None
 
     @classmethod
     def open(
-        cls, home: str | Path | None = None, db_url: str | None = None, *, create: bool = True
+        cls, home: str | Path | None = None, db_url: str | None = None, *, create: bool = True,
+        sign_key: str | Path | None = None,
     ) -> Self:
-        """Open a registry, creating home and an empty catalog when ``create``."""
-        reg = cls(home, db_url)
+        """Open a registry, creating home and an empty catalog when ``create``.
+
+        ``sign_key``: PEM Ed25519 private key; every audit event appended through
+        this handle is signed with it.
+        """
+        reg = cls(home, db_url, sign_key=sign_key)
         if create:
             reg.home.mkdir(parents=True, exist_ok=True)
             reg.store.ensure()

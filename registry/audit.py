@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 from . import __version__
 from . import models as m
 from .db import AUDIT_LOCK_KEY
+from .signing import event_signature_ok, sign_event
 
 GENESIS = "0" * 64
 
@@ -68,8 +69,12 @@ def append_event(
     vector_hash: str | None = None,
     target_hash: str | None = None,
     output_hash: str | None = None,
+    sign_key: Any = None,
 ) -> m.AuditEvent:
-    """Append one event inside the caller's transaction (serialized across writers)."""
+    """Append one event inside the caller's transaction (serialized across writers).
+
+    ``sign_key`` (an Ed25519 private key) adds a signature over the entry hash.
+    """
     if session.get_bind().dialect.name == "postgresql":
         session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": AUDIT_LOCK_KEY})
     last = session.scalar(select(m.AuditEvent).order_by(m.AuditEvent.seq.desc()).limit(1))
@@ -87,6 +92,8 @@ def append_event(
         prev_hash=last.entry_hash if last else GENESIS,
     )
     row.entry_hash = entry_hash(row)
+    if sign_key is not None:
+        row.signer, row.signature = sign_event(sign_key, row.entry_hash)
     session.add(row)
     session.flush()
     return row
@@ -101,8 +108,12 @@ class ChainReport:
     first_bad_seq: int | None = None
 
 
-def verify_chain(session: Session) -> ChainReport:
-    """Walk the chain in sequence order; name the first entry that does not hold."""
+def verify_chain(session: Session, *, verify_key: str | None = None) -> ChainReport:
+    """Walk the chain in sequence order; name the first entry that does not hold.
+
+    Signatures present are always checked against their signer; with
+    ``verify_key`` (public key hex) every event must be signed by that key.
+    """
     problems: list[str] = []
     prev, expected_seq, first_bad = GENESIS, 1, None
     rows = session.scalars(select(m.AuditEvent).order_by(m.AuditEvent.seq))
@@ -116,12 +127,23 @@ def verify_chain(session: Session) -> ChainReport:
             issue = f"event seq {row.seq} (id {row.id}): prev_hash does not match the entry before it"
         elif entry_hash(row) != row.entry_hash:
             issue = f"event seq {row.seq} (id {row.id}): contents do not match its entry_hash (edited)"
+        else:
+            issue = _signature_issue(row, verify_key)
         if issue:
             problems.append(issue)
             first_bad = first_bad or row.seq
             break
         prev, expected_seq = row.entry_hash, expected_seq + 1
     return ChainReport(not problems, problems, count, prev, first_bad)
+
+
+def _signature_issue(row: m.AuditEvent, verify_key: str | None) -> str | None:
+    if row.signature or row.signer:
+        if not (row.signer and row.signature and event_signature_ok(row.signer, row.signature, row.entry_hash)):
+            return f"event seq {row.seq} (id {row.id}): signature does not verify (forged or edited)"
+    if verify_key is not None and row.signer != verify_key:
+        return f"event seq {row.seq} (id {row.id}): not signed by the given key"
+    return None
 
 
 def vector_state_digest(vector: m.Vector) -> str:

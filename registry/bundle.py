@@ -56,7 +56,6 @@ from .audit import canonical_json
 from .checkpoint import check_tensor_name
 from .errors import (
     AlreadyExistsError,
-    ConfigurationError,
     IntegrityCheckError,
     InvalidCheckpointError,
     InvalidInputError,
@@ -65,6 +64,9 @@ from .errors import (
 from .family import FamilyKey, layer_of
 from .probes import KINDS, Probe, probes_hash
 from .records import CheckpointRecord, VectorRecord
+from .signing import _ed25519
+from .signing import load_key as _load_key
+from .signing import public_hex as _public_hex
 from .store import BlobInfo, atomic_write, fsync_dir, sha256_hex
 from .vectors import ENCODINGS, EXTRA_LABEL, SCOPES, decode_slice, vector_hash
 
@@ -215,36 +217,6 @@ def _codec_name(stored: bytes) -> str:
 
 
 # --------------------------------------------------------------------------- keys
-
-
-def _ed25519() -> tuple[Any, Any]:
-    try:  # an optional dependency: only signing and signed bundles need it
-        from cryptography.hazmat.primitives import serialization
-        from cryptography.hazmat.primitives.asymmetric import ed25519
-    except ImportError:
-        raise ConfigurationError("signed bundles need the `cryptography` package: pip install cryptography") from None
-    return serialization, ed25519
-
-
-def _load_key(path: Path, *, private: bool) -> Any:
-    ser, ed = _ed25519()
-    try:
-        data = path.read_bytes()
-        key = (ser.load_pem_private_key(data, password=None) if private or b"PRIVATE KEY" in data
-               else ser.load_pem_public_key(data))  # fmt: skip
-    except (OSError, ValueError, TypeError) as exc:
-        raise InvalidInputError(f"{path}: not an unencrypted PEM {'private' if private else 'public'} key ({exc})") from None
-    if not private and isinstance(key, ed.Ed25519PrivateKey):
-        key = key.public_key()
-    if not isinstance(key, ed.Ed25519PrivateKey if private else ed.Ed25519PublicKey):
-        raise InvalidInputError(f"{path}: bundles are signed with Ed25519 keys, this is {type(key).__name__}")
-    return key
-
-
-def _public_hex(key: Any) -> str:
-    ser, ed = _ed25519()
-    public = key.public_key() if isinstance(key, ed.Ed25519PrivateKey) else key
-    return str(public.public_bytes(ser.Encoding.Raw, ser.PublicFormat.Raw).hex())
 
 
 def _check_signature(signer: str, signature: bytes, mhash: str) -> None:

@@ -19,6 +19,7 @@ from .checkpoint import Checkpoint
 from .errors import EventNotFoundError, IntegrityCheckError, InvalidInputError
 from .patching import LEASE_PREFIX, read_patch_metadata, reclaim_partial
 from .records import AuditRecord
+from .signing import load_key, public_hex
 
 
 @dataclass(frozen=True)
@@ -102,8 +103,10 @@ class AuditOps(RegistryCore):
 
         return self.read(q)
 
-    def audit_verify(self) -> ChainReport:
-        return self.read(verify_chain)
+    def audit_verify(self, *, verify_key: str | Path | None = None) -> ChainReport:
+        """Walk the chain; with ``verify_key`` (PEM public key) every event must carry its signature."""
+        key_hex = public_hex(load_key(Path(verify_key), private=False)) if verify_key else None
+        return self.read(lambda s: verify_chain(s, verify_key=key_hex))
 
     def audit_head(self) -> dict[str, Any]:
         rep = self.audit_verify()
@@ -133,7 +136,7 @@ class AuditOps(RegistryCore):
 
         return self.read(q)
 
-    def verify(self, *, deep: bool = True) -> VerifyReport:
+    def verify(self, *, deep: bool = True, verify_key: str | Path | None = None) -> VerifyReport:
         """Re-hash every blob, check catalog ↔ store both ways, walk the audit chain."""
         problems: list[str] = []
         referenced = self.read(lambda s: {b.sha256: b for b in s.scalars(select(m.Blob))})
@@ -151,7 +154,7 @@ class AuditOps(RegistryCore):
             problems.append(f"blob {sha[:12]}: used by a vector but has no catalog row")
         removable = [f"orphan blob {sha[:12]}" for sha in sorted(on_disk - set(referenced))]
         removable += [f"temp file {p.name}" for p in self.store.stale_temp_files(older_than_s=0)]
-        chain = self.audit_verify()
+        chain = self.audit_verify(verify_key=verify_key)
         problems += chain.problems
         problems += self.read(check_vector_states)
         return VerifyReport(not problems, problems, len(on_disk), chain.length, removable)

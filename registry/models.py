@@ -185,3 +185,6 @@ class AuditEvent(Base):
     payload_json: Mapped[str] = mapped_column(Text)
     prev_hash: Mapped[str] = mapped_column(HASH)
     entry_hash: Mapped[str] = mapped_column(HASH, unique=True)
+    # Optional Ed25519 signature over entry_hash (not part of it): who vouches for the entry.
+    signer: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    signature: Mapped[str | None] = mapped_column(String(128), nullable=True)

@@ -176,7 +176,7 @@ class PipelineOps(VectorOps):
             session.flush()
             append_event(session, "vector.score",
                          {"name": row.name, "probe_set": digest, "state_digest": vector_state_digest(row)},
-                         actor=current_actor(), vector_hash=row.hash)  # fmt: skip
+                         actor=current_actor(), sign_key=self.sign_key, vector_hash=row.hash)  # fmt: skip
             return VectorRecord.from_row(row)
 
         return self.transaction(tx)
@@ -362,7 +362,7 @@ class PipelineOps(VectorOps):
             def tx(session: Session) -> PatchResult:
                 out_rec = self._insert_checkpoint(session, pending, parent=target_rec.hash,
                                                   record_path=out_path.resolve())  # fmt: skip
-                ev = append_event(session, "patch", payload, actor=current_actor(), uid=uid, vector_hash=vec.hash,
+                ev = append_event(session, "patch", payload, actor=current_actor(), sign_key=self.sign_key, uid=uid, vector_hash=vec.hash,
                                   target_hash=target_rec.hash, output_hash=out_rec.hash)  # fmt: skip
                 return PatchResult(uid, ev.seq, str(out_path.resolve()), out_rec.hash, vec.hash, vec.name,
                                    target_rec.hash, coefs)  # fmt: skip

@@ -198,6 +198,7 @@ class AuditRecord:
     payload: dict[str, Any]
     prev_hash: str
     entry_hash: str
+    signer: str | None = None
 
     @classmethod
     def from_row(cls, row: m.AuditEvent) -> AuditRecord:
@@ -215,6 +216,7 @@ class AuditRecord:
             payload=json.loads(row.payload_json),
             prev_hash=row.prev_hash,
             entry_hash=row.entry_hash,
+            signer=row.signer,
         )
 
     def to_json(self) -> dict[str, Any]:

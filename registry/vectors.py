@@ -349,7 +349,7 @@ class VectorOps(RegistryCore):
                          {"name": name, "family": family_id, "aligned": a_rec.hash if a_rec else None,
                           "degraded": d_rec.hash if d_rec else None, "encoding": encoding, "scope": scope,
                           **(event_extra or {}), "state_digest": vector_state_digest(row)},
-                         actor=current_actor(), vector_hash=digest)  # fmt: skip
+                         actor=current_actor(), sign_key=self.sign_key, vector_hash=digest)  # fmt: skip
             return VectorRecord.from_row(row)
 
         return self.transaction(tx)
@@ -384,7 +384,7 @@ class VectorOps(RegistryCore):
             rec = VectorRecord.from_row(row)
             session.execute(m.Recalibration.__table__.delete().where(m.Recalibration.vector_id == row.id))
             session.delete(row)
-            append_event(session, "vector.remove", {"name": rec.name}, actor=current_actor(), vector_hash=rec.hash)
+            append_event(session, "vector.remove", {"name": rec.name}, actor=current_actor(), sign_key=self.sign_key, vector_hash=rec.hash)
             return rec
 
         return self.transaction(tx)

@@ -161,3 +161,45 @@ def test_concurrent_patches_keep_one_linear_chain(reg: Registry, tiny_models: di
     rep = reg.verify()
     assert rep.ok, rep.problems
     assert reg.read(lambda s: s.execute(text("SELECT COUNT(DISTINCT seq) FROM audit_events")).scalar()) == 41
+
+
+def _keypair(root: Path, name: str) -> tuple[Path, Path]:
+    from cryptography.hazmat.primitives import serialization as ser
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+    priv, pub = root / f"{name}.pem", root / f"{name}.pub"
+    priv.write_bytes(key.private_bytes(ser.Encoding.PEM, ser.PrivateFormat.PKCS8, ser.NoEncryption()))
+    pub.write_bytes(key.public_key().public_bytes(ser.Encoding.PEM, ser.PublicFormat.SubjectPublicKeyInfo))
+    return priv, pub
+
+
+def test_signed_events(tmp_path: Path, db_url: str, tiny_models: dict[str, Path]) -> None:
+    priv, pub = _keypair(tmp_path, "ops")
+    _, other_pub = _keypair(tmp_path, "mallory")
+    home = tmp_path / "signed-home"
+    base = ["--home", str(home), "--db", db_url]
+    runner = CliRunner()
+    res = runner.invoke(cli, [*base, "--sign-key", str(priv), "vector", "extract", "--aligned",
+                              str(tiny_models["llama"]), "--degraded", str(tiny_models["llama_b"]), "--name", "v"])
+    assert res.exit_code == 0, res.stderr
+    res = runner.invoke(cli, [*base, "--sign-key", str(priv), "patch", str(tiny_models["llama_b"]), "--vector", "v",
+                              "--out", str(tmp_path / "o"), "--coefficients", "uniform", "--layers", "all"])
+    assert res.exit_code == 0, res.stderr
+    assert runner.invoke(cli, [*base, "audit", "verify", "--verify-key", str(pub)]).exit_code == 0
+    bad = runner.invoke(cli, [*base, "--json", "audit", "verify", "--verify-key", str(other_pub)])
+    assert bad.exit_code == 1 and "not signed by the given key" in bad.stdout
+    # an unsigned event appended later fails the key check, but not the plain chain check
+    res = runner.invoke(cli, [*base, "patch", str(tiny_models["llama_b"]), "--vector", "v", "--out",
+                              str(tmp_path / "o2"), "--coefficients", "uniform:0.3", "--layers", "all"])
+    assert res.exit_code == 0
+    assert runner.invoke(cli, [*base, "audit", "verify"]).exit_code == 0
+    unsigned = runner.invoke(cli, [*base, "--json", "verify", "--verify-key", str(pub)])
+    assert unsigned.exit_code == 1 and "seq 3" in unsigned.stdout
+    # forging: a signature that does not match its entry is caught even without a key
+    reg = Registry.open(home, db_url)
+    sig = reg.read(lambda s: s.scalar(select(m.AuditEvent.signature).where(m.AuditEvent.seq == 1)))
+    _edit(reg, 1, signature=sig[:-2] + ("00" if sig[-2:] != "00" else "11"))
+    rep = reg.audit_verify()
+    assert not rep.ok and "signature does not verify" in rep.problems[0]
+    reg.close()

@@ -75,3 +75,25 @@ def test_sqlite_pragmas(sqlite_reg: Registry) -> None:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() >= 10_000
+
+
+def test_upgrade_from_previous_revision_keeps_data(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+    from sqlalchemy import text
+
+    from cli.main import cli
+
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    engine = db.create_catalog_engine(url)
+    db.upgrade(engine, "0001")
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO blobs (sha256, codec, raw_size, stored_size, created_at) "
+                          "VALUES (:s, 'zstd', 1, 1, '2026-01-01')"), {"s": "a" * 64})
+    engine.dispose()
+    with pytest.raises(SchemaOutdatedError):
+        Registry.open(tmp_path / "home", url)
+    res = CliRunner().invoke(cli, ["--home", str(tmp_path / "home"), "--db", url, "db", "upgrade"])
+    assert res.exit_code == 0, res.stderr
+    reg = Registry.open(tmp_path / "home", url)
+    assert reg.read(lambda s: s.execute(text("SELECT COUNT(*) FROM blobs")).scalar()) == 1
+    reg.close()
