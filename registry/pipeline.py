@@ -199,9 +199,12 @@ class PipelineOps(VectorOps):
 
     def recalibrate(self, target: str | Path, vector: str, shots: str | Path | Sequence[Probe], *,
                     layers: str | Sequence[int] = "auto", settings: FitSettings | None = None,
-                    device: str = "cpu", use_cache: bool = True,
-                    progress: Progress | None = None) -> RecalibrationResult:  # fmt: skip
+                    device: str = "cpu", use_cache: bool = True, progress: Progress | None = None,
+                    target_hash: str | None = None) -> RecalibrationResult:  # fmt: skip
         """Fit one coefficient per selected block on a few shots (cached in the catalog).
+
+        ``target_hash``: the target's content hash when the caller already has it
+        (hashing a large checkpoint is the slowest part of a cache hit).
 
         Raises:
             IncompatibleError: the vector does not fit the target.
@@ -213,7 +216,7 @@ class PipelineOps(VectorOps):
         ck = Checkpoint(target)
         self._fit_check(vec, ck)
         positions = select_positions(vec, layers)
-        target_hash, shots_hash = ck.content_hash(), probes_hash(items)
+        target_hash, shots_hash = target_hash or ck.content_hash(), probes_hash(items)
         cfg = {**s.to_json(), "positions": positions}
         settings_hash = hashlib.sha256(canonical_json(cfg).encode()).hexdigest()
         if use_cache:
@@ -297,7 +300,8 @@ class PipelineOps(VectorOps):
 
     def coefficients_for(self, vec: VectorRecord, target: str | Path, spec: str, positions: list[int], *,
                          shots: str | Path | Sequence[Probe] | None, settings: FitSettings | None,
-                         device: str, progress: Progress | None) -> dict[str, float]:  # fmt: skip
+                         device: str, progress: Progress | None,
+                         target_hash: str | None = None) -> dict[str, float]:  # fmt: skip
         """Resolve ``--coefficients``: auto (recalibrate), uniform[:γ] (RESTA) or a JSON file."""
         keys = [layer_key(lay.index) for lay in vec.layers if lay.position in positions]
         if spec == "auto":
@@ -305,7 +309,8 @@ class PipelineOps(VectorOps):
                 raise InvalidInputError("--coefficients auto needs --shots FILE (or use uniform[:γ])")
             layer_arg = [lay.index for lay in vec.layers if lay.position in positions and lay.index is not None]
             return self.recalibrate(target, vec.hash, shots, layers=layer_arg, settings=settings,
-                                    device=device, progress=progress).coefficients  # fmt: skip
+                                    device=device, progress=progress,
+                                    target_hash=target_hash).coefficients  # fmt: skip
         if spec == "uniform" or spec.startswith("uniform:"):
             try:
                 gamma = float(spec.split(":", 1)[1]) if ":" in spec else 1.0
@@ -336,7 +341,8 @@ class PipelineOps(VectorOps):
             raise AlreadyExistsError(f"{out_path} already exists; choose another --out or pass --force")
         positions = select_positions(vec, layers)
         coefs = self.coefficients_for(vec, target, coefficients, positions, shots=shots,
-                                      settings=settings, device=device, progress=None)  # fmt: skip
+                                      settings=settings, device=device, progress=None,
+                                      target_hash=target_hash)  # fmt: skip
         if out_path.exists() and not force:
             earlier = self._completed_patch(out_path, vec, target_hash, coefs)
             if earlier is None:

@@ -357,7 +357,7 @@ class VectorOps(RegistryCore):
     # --- reading --------------------------------------------------------------
 
     def get_vector(self, ref: str) -> VectorRecord:
-        return self.read(lambda s: VectorRecord.from_row(_load_vector(s, ref)))
+        return self.read(lambda s: VectorRecord.from_row(resolve_vector(s, ref)))
 
     def list_vectors(self, *, family: str | None = None, limit: int | None = None) -> list[VectorRecord]:
         def q(session: Session) -> list[VectorRecord]:
@@ -380,7 +380,7 @@ class VectorOps(RegistryCore):
     def remove_vector(self, ref: str) -> VectorRecord:
         """Remove a vector from the catalog (its blobs stay until `gc`)."""
         def tx(session: Session) -> VectorRecord:
-            row = _load_vector(session, ref)
+            row = resolve_vector(session, ref)
             rec = VectorRecord.from_row(row)
             session.execute(m.Recalibration.__table__.delete().where(m.Recalibration.vector_id == row.id))
             session.delete(row)
@@ -409,7 +409,3 @@ def vector_records(session: Session, where: list[Any], *, limit: int | None = No
             layers[lr.vector_id].append(LayerRecord.from_row(lr))
     return [VectorRecord.build(r, aligned=r.aligned_hash, degraded=r.degraded_hash, layers=layers[r.id])
             for r in rows]  # fmt: skip
-
-
-def _load_vector(session: Session, ref: str) -> m.Vector:
-    return resolve_vector(session, ref)
