@@ -91,6 +91,11 @@ def read_header(path: str | Path) -> tuple[dict[str, TensorInfo], dict[str, str]
                 p, f"header length {n} runs past the file ({size} bytes) or the 100 MiB limit"
             )
         raw = fh.read(n)
+    return parse_header(raw, p, data_start=8 + n, data_len=size - 8 - n)
+
+
+def parse_header(raw: bytes, p: Path, *, data_start: int, data_len: int) -> tuple[dict[str, TensorInfo], dict[str, str]]:
+    """Validate the JSON header ``raw`` of a safetensors file or buffer named ``p`` (see :func:`read_header`)."""
     try:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
@@ -100,13 +105,38 @@ def read_header(path: str | Path) -> tuple[dict[str, TensorInfo], dict[str, str]
     meta = header.pop("__metadata__", None) or {}
     if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
         raise InvalidCheckpointError(p, "__metadata__ must map strings to strings")
-    data_start, data_len = 8 + n, size - 8 - n
     tensors = {
         name: _tensor_info(p, check_tensor_name(name, p), spec, data_start, data_len)
         for name, spec in header.items()
     }
     _check_no_overlap(p, tensors)
     return tensors, meta
+
+
+def tensors_from_buffer(buf: bytes | bytearray | memoryview, where: str) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file held in memory, validated like a file's header.
+
+    A writable buffer is shared, not copied (the tensors keep it alive); a
+    read-only one (``bytes``) is copied, tensor by tensor, so the tensors are
+    always writable.
+    """
+    view = memoryview(buf).cast("B")
+    size = len(view)
+    if size < 8:
+        raise InvalidCheckpointError(where, "buffer is shorter than the 8-byte header size")
+    n = int.from_bytes(view[:8], "little")
+    if n > MAX_HEADER_BYTES or n > size - 8:
+        raise InvalidCheckpointError(where, f"header length {n} runs past the buffer ({size} bytes)")
+    infos, _ = parse_header(bytes(view[8 : 8 + n]), Path(where), data_start=8 + n, data_len=size - 8 - n)
+    out: dict[str, torch.Tensor] = {}
+    for name, info in infos.items():
+        dtype = _TORCH_DTYPES[info.dtype]
+        chunk = view[info.start : info.end]
+        if view.readonly or info.start % DTYPE_SIZES[info.dtype]:
+            chunk = memoryview(bytearray(chunk))
+        t = torch.frombuffer(chunk, dtype=dtype) if info.numel else torch.empty(0, dtype=dtype)
+        out[name] = t.reshape(info.shape)
+    return out
 
 
 def _tensor_info(p: Path, name: str, spec: Any, data_start: int, data_len: int) -> TensorInfo:

@@ -61,8 +61,8 @@ class Codec(abc.ABC):
         """Reversible split of the payload into segments compressed separately."""
 
     @abc.abstractmethod
-    def join(self, segments: list[bytes], *, skip: int, width: int) -> bytes:
-        """Inverse of :meth:`split`."""
+    def join(self, segments: list[bytes], *, skip: int, width: int, pool: ThreadPoolExecutor | None = None) -> Buffer:
+        """Inverse of :meth:`split` (``pool``: threads it may use)."""
 
     @abc.abstractmethod
     def segment_sizes(self, raw_size: int, *, skip: int, width: int) -> list[int]:
@@ -73,23 +73,23 @@ class Codec(abc.ABC):
         segs = self.split(payload, skip=skip, width=width)  # type: ignore[arg-type]
         return [functools.partial(lambda x: x, seg) for seg in segs]
 
-    level: int = LEVEL
+    def compressor(self, *, threads: int = 0) -> zstandard.ZstdCompressor:
+        """The zstd compressor for this codec's segments (settings are not part of the format)."""
+        return zstandard.ZstdCompressor(level=LEVEL, threads=threads, write_content_size=True)
 
-    def encode(self, payload: Buffer, *, skip: int = 0, width: int = 1, level: int | None = None) -> bytes:
-        lvl = self.level if level is None else level
+    def encode(self, payload: Buffer, *, skip: int = 0, width: int = 1) -> bytes:
         makers = self.segment_makers(payload, skip=skip, width=width)
         if len(makers) > 1 and len(payload) >= _THREADS_MIN_BYTES:
             # Segments (byte planes) are made and compressed concurrently, one
             # single-threaded zstd per plane; measured faster here than zstd's own
             # worker threads, which split one frame into jobs.
             def work(make: Callable[[], Buffer]) -> bytes:
-                return zstandard.ZstdCompressor(level=lvl, write_content_size=True).compress(make())
+                return self.compressor().compress(make())
 
             with ThreadPoolExecutor(_WORKERS, thread_name_prefix="safegene-codec") as pool:
                 futures = [pool.submit(work, make) for make in makers]
                 return self._assemble((f.result() for f in futures), payload_len=len(payload), skip=skip, width=width)
-        threads = -1 if len(payload) >= _THREADS_MIN_BYTES else 0
-        cctx = zstandard.ZstdCompressor(level=lvl, threads=threads, write_content_size=True)
+        cctx = self.compressor(threads=-1 if len(payload) >= _THREADS_MIN_BYTES else 0)
         return self._assemble((cctx.compress(make()) for make in makers), payload_len=len(payload), skip=skip,
                               width=width)  # fmt: skip
 
@@ -106,7 +106,9 @@ class Codec(abc.ABC):
         parts[0] = _HEADER.pack(MAGIC, self.codec_id, width, 0, skip, payload_len, h.digest())
         return b"".join(parts)
 
-    def decode_body(self, body: bytes, *, raw_size: int, skip: int, width: int) -> bytes:
+    def decode_body(self, body: Buffer, *, raw_size: int, skip: int, width: int,
+                    digest: bytes | None = None) -> Buffer:  # fmt: skip
+        """Decode a blob body; when ``digest`` is given it is checked, concurrently with decompression."""
         frames, pos = [], 0
         view = memoryview(body)
         sizes = self.segment_sizes(raw_size, skip=skip, width=width)
@@ -122,10 +124,17 @@ class Codec(abc.ABC):
         if pos != len(body):
             raise IntegrityCheckError("blob body has trailing bytes")
         if len(frames) > 1 and raw_size >= _THREADS_MIN_BYTES:
+            # The body digest runs beside the frames' decompression (hashlib and zstd
+            # release the GIL); nothing decoded is returned before it is checked.
             with ThreadPoolExecutor(_WORKERS, thread_name_prefix="safegene-codec") as pool:
+                checked = pool.submit(_check_digest, view, digest) if digest is not None else None
                 segments = list(pool.map(_decompress_capped, frames, sizes))
-        else:
-            segments = [_decompress_capped(f, n) for f, n in zip(frames, sizes, strict=True)]
+                if checked is not None:
+                    checked.result()
+                return self.join(segments, skip=skip, width=width, pool=pool)
+        if digest is not None:
+            _check_digest(view, digest)
+        segments = [_decompress_capped(f, n) for f, n in zip(frames, sizes, strict=True)]
         return self.join(segments, skip=skip, width=width)
 
 
@@ -138,7 +147,7 @@ class ZstdCodec(Codec):
     def split(self, payload: bytes, *, skip: int, width: int) -> list[bytes]:
         return [payload]
 
-    def join(self, segments: list[bytes], *, skip: int, width: int) -> bytes:
+    def join(self, segments: list[bytes], *, skip: int, width: int, pool: ThreadPoolExecutor | None = None) -> Buffer:
         return segments[0]
 
     def segment_sizes(self, raw_size: int, *, skip: int, width: int) -> list[int]:
@@ -150,10 +159,18 @@ class ByteGroupedZstdCodec(Codec):
 
     name = "zstd-bytegroup"
     codec_id = 2
-    # Measured on fp32 fine-tune deltas (benchmarks/scale.py): level 1 compresses the
-    # exponent plane *better* than level 3 (2.78 vs 2.47) and ~1.6x faster; the
-    # mantissa planes come out the same. The level is not part of the format.
-    level = 1
+    # Byte planes hold few long matches: zstd's fast strategy with a small
+    # (cache-resident) hash table and 7-byte minimum matches wastes less time looking
+    # for them. Measured on fp32 fine-tune deltas (benchmarks/RESULTS.md): ratio
+    # 3.17 vs 3.09 for level 1 (2.47 for level 3) at ~1.35x level 1's speed. The
+    # literals (most of a plane) are still Huffman-coded.
+    _PARAMS = zstandard.ZstdCompressionParameters(
+        window_log=17, chain_log=6, hash_log=8, search_log=1, min_match=7, target_length=0,
+        strategy=zstandard.STRATEGY_FAST, write_content_size=True,
+    )  # fmt: skip
+
+    def compressor(self, *, threads: int = 0) -> zstandard.ZstdCompressor:
+        return zstandard.ZstdCompressor(compression_params=self._PARAMS)
 
     def split(self, payload: bytes, *, skip: int, width: int) -> list[bytes]:
         return [bytes(make()) for make in self.segment_makers(payload, skip=skip, width=width)]
@@ -164,28 +181,42 @@ class ByteGroupedZstdCodec(Codec):
         makers: list[Callable[[], Buffer]] = [lambda: head]
         return makers + [functools.partial(_plane, words, k, width) for k in reversed(range(width))]
 
-    def join(self, segments: list[bytes], *, skip: int, width: int) -> bytes:
+    def join(self, segments: list[bytes], *, skip: int, width: int, pool: ThreadPoolExecutor | None = None) -> Buffer:
+        # Returns a writable memoryview of bytes (no final copy). Words are rebuilt from the planes
+        # chunk by chunk in cache, ranges of chunks in parallel when a pool is given.
         n = len(segments[1]) if len(segments) > 1 else 0
-        out = bytearray(skip + n * width)
-        out[:skip] = segments[0]
-        # Scatter each plane into its byte column of the rotated words, then
-        # rotate right by one bit in place, chunk by chunk.
-        columns = np.frombuffer(out, dtype=np.uint8, offset=skip).reshape(-1, width)
-        for k, plane in enumerate(reversed(segments[1:])):
-            columns[:, k] = np.frombuffer(plane, dtype=np.uint8)
-        words = np.frombuffer(out, dtype=_UINT[width], offset=skip)
-        tmp = np.empty(min(n, _CHUNK_WORDS), dtype=words.dtype)
-        top = 8 * width - 1
-        for s in range(0, n, _CHUNK_WORDS):
-            w = words[s : s + _CHUNK_WORDS]
-            t = tmp[: w.size]
-            np.right_shift(w, 1, out=t)
-            w <<= top
-            w |= t
-        return bytes(out)
+        # np.empty, not bytearray(size): bytearray zero-fills every page in this
+        # thread first; here each worker faults in the pages it writes.
+        out = np.empty(skip + n * width, dtype=np.uint8)
+        out[:skip] = np.frombuffer(segments[0], dtype=np.uint8)
+        words = out[skip:].view(_UINT[width])
+        planes = [np.frombuffer(p, dtype=np.uint8) for p in reversed(segments[1:])]  # low byte first
+        if pool is None or n < 2 * _CHUNK_WORDS:
+            _join_words(words, planes, 0, n)
+        else:
+            step = -(-n // (2 * _WORKERS * _CHUNK_WORDS)) * _CHUNK_WORDS
+            list(pool.map(lambda s: _join_words(words, planes, s, min(n, s + step)), range(0, n, step)))
+        return out.data
 
     def segment_sizes(self, raw_size: int, *, skip: int, width: int) -> list[int]:
         return [skip] + [(raw_size - skip) // width] * width
+
+
+def _join_words(words: np.ndarray[Any, Any], planes: list[np.ndarray[Any, Any]], start: int, stop: int) -> None:
+    # words[start:stop] = rotate_right_1(sum(plane_k << 8k)), one cache-sized chunk at a time.
+    width = len(planes)
+    tmp = np.empty(min(stop - start, _CHUNK_WORDS), dtype=words.dtype)
+    top = 8 * width - 1
+    for s in range(start, stop, _CHUNK_WORDS):
+        e = min(stop, s + _CHUNK_WORDS)
+        w, t = words[s:e], tmp[: e - s]
+        np.copyto(w, planes[0][s:e])
+        for k in range(1, width):
+            np.left_shift(planes[k][s:e], 8 * k, out=t, dtype=words.dtype)
+            w |= t
+        np.right_shift(w, 1, out=t)
+        w <<= top
+        w |= t
 
 
 def _plane(words: np.ndarray[Any, Any], k: int, width: int) -> memoryview:
@@ -227,8 +258,8 @@ def encode(payload: bytes, *, skip: int = 0, width: int = 1, codec: str | None =
     return c.name, c.encode(payload, skip=skip, width=width)
 
 
-def decode(stored: bytes, *, max_size: int | None = None) -> bytes:
-    """Decode a stored blob (self-describing header).
+def decode(stored: Buffer, *, max_size: int | None = None) -> Buffer:
+    """Decode a stored blob (self-describing header): ``bytes``, or a writable byte memoryview when byte-grouped.
 
     Args:
         stored: the bytes of a blob file.
@@ -242,18 +273,21 @@ def decode(stored: bytes, *, max_size: int | None = None) -> bytes:
     magic, cid, width, reserved, skip, raw_size, digest = _HEADER.unpack_from(stored)
     if magic != MAGIC or cid not in _BY_ID or width not in (1, 2, 4) or reserved or skip > raw_size:
         raise IntegrityCheckError("blob header is not a SafeGene blob header")
-    body = stored[_HEADER.size :]
-    if _digest(body) != digest:
-        raise IntegrityCheckError("blob body does not match its recorded digest")
+    body = memoryview(stored)[_HEADER.size :]
     if max_size is not None and raw_size > max_size:
         raise IntegrityCheckError(f"blob claims {raw_size} bytes, more than the {max_size} allowed")
     if (cid == ByteGroupedZstdCodec.codec_id) != (width > 1) or (width > 1 and (raw_size - skip) % width):
         raise IntegrityCheckError("blob header width does not fit its codec and size")
-    return _BY_ID[cid].decode_body(body, raw_size=raw_size, skip=skip, width=width)
+    return _BY_ID[cid].decode_body(body, raw_size=raw_size, skip=skip, width=width, digest=digest)
 
 
-def _digest(body: bytes) -> bytes:
+def _digest(body: Buffer) -> bytes:
     return hashlib.blake2b(body, digest_size=16).digest()
+
+
+def _check_digest(body: Buffer, digest: bytes) -> None:
+    if _digest(body) != digest:
+        raise IntegrityCheckError("blob body does not match its recorded digest")
 
 
 def _decompress_capped(body: Buffer, raw_size: int) -> bytes:

@@ -43,7 +43,7 @@ class BlobInfo:
     stored_size: int
 
 
-def sha256_hex(data: bytes) -> str:
+def sha256_hex(data: bytes | bytearray | memoryview) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
@@ -120,8 +120,8 @@ class BlobStore:
         atomic_write(path, stored, tmp_dir=self.tmp_dir)
         return BlobInfo(sha, name, len(payload), len(stored))
 
-    def get(self, sha: str, *, max_size: int | None = None) -> bytes:
-        """Read, decode and verify one blob.
+    def get(self, sha: str, *, max_size: int | None = None) -> bytes | bytearray | memoryview:
+        """Read, decode and verify one blob (a writable memoryview for byte-grouped blobs: no copy).
 
         Raises:
             IntegrityCheckError: missing blob, undecodable bytes or a hash mismatch.

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any, cast
 
 import torch
-from safetensors.torch import load as st_load
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, aliased
 
@@ -36,7 +35,7 @@ from ._core import RegistryCore, current_actor
 from ._faults import crashpoint
 from ._threads import torch_threads
 from .audit import append_event, vector_state_digest
-from .checkpoint import _TORCH_DTYPES, DTYPE_SIZES, Checkpoint
+from .checkpoint import _TORCH_DTYPES, DTYPE_SIZES, Checkpoint, tensors_from_buffer
 from .errors import AlreadyExistsError, IncompatibleError, InvalidCheckpointError, InvalidInputError
 from .family import family_key, layer_of, manifest_hash
 from .records import CheckpointRecord, LayerRecord, VectorRecord
@@ -196,8 +195,9 @@ def payload_skip(payload: bytes | memoryview) -> int:
     return 8 + int.from_bytes(payload[:8], "little")
 
 
-def decode_slice(payload: bytes) -> dict[str, torch.Tensor]:
-    return st_load(payload)
+def decode_slice(payload: bytes | bytearray | memoryview) -> dict[str, torch.Tensor]:
+    """A slice payload's tensors (validated header; a writable payload is shared, not copied)."""
+    return tensors_from_buffer(payload, "vector slice")
 
 
 class VectorOps(RegistryCore):

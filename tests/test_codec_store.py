@@ -127,3 +127,46 @@ def test_bytegroup_beats_plain_zstd_on_a_smooth_delta() -> None:
     _, plain = codec.encode(payload, codec="zstd")
     assert len(grouped) < len(plain)
     assert np.frombuffer(codec.decode(grouped), dtype=np.uint8).tobytes() == payload
+
+
+@pytest.mark.parametrize("lead", [0, 3])
+def test_large_payloads_round_trip_through_the_threaded_paths(lead: int) -> None:
+    """≥ 8 MiB: planes compressed concurrently, body digest beside decompression, words rebuilt in ranges."""
+    g = torch.Generator().manual_seed(1)
+    body = (torch.randn(3_000_001, generator=g) * 1e-3).numpy().tobytes()
+    payload = b"h" * lead + body  # lead 3: the words start unaligned
+    name, stored = codec.encode(payload, skip=lead, width=4)
+    assert name == "zstd-bytegroup" and len(stored) < len(payload)
+    back = codec.decode(stored)
+    assert bytes(back) == payload
+    flipped = bytearray(stored)
+    flipped[len(flipped) // 2] ^= 0x10
+    with pytest.raises(IntegrityCheckError):
+        codec.decode(bytes(flipped))
+
+
+def test_slice_buffers_decode_like_safetensors_and_share_writable_memory() -> None:
+    from safetensors.torch import load
+
+    from registry.checkpoint import tensors_from_buffer
+    from registry.errors import InvalidCheckpointError
+
+    tensors = {"b.w": torch.arange(12, dtype=torch.float32).reshape(3, 4), "a.w": torch.ones(5, dtype=torch.bfloat16),
+               "z.empty": torch.empty(0, 3)}  # fmt: skip
+    payload = save(tensors)
+    ref = load(payload)
+    from_bytes = tensors_from_buffer(payload, "test")
+    assert sorted(from_bytes) == sorted(ref)
+    for n, t in ref.items():
+        assert torch.equal(from_bytes[n], t) and from_bytes[n].dtype == t.dtype
+    from_bytes["b.w"].add_(1)  # bytes are copied: writable tensors, payload untouched
+    assert load(payload)["b.w"][0, 0] == 0
+    buf = bytearray(payload)
+    shared = tensors_from_buffer(memoryview(buf), "test")
+    shared["b.w"][0, 0] = 42.0
+    assert load(bytes(buf))["b.w"][0, 0] == 42.0  # a writable buffer is shared, not copied
+    bad_len = (len(payload) * 2).to_bytes(8, "little") + payload[8:]
+    with pytest.raises(InvalidCheckpointError, match="runs past"):
+        tensors_from_buffer(bad_len, "test")
+    with pytest.raises(InvalidCheckpointError, match="past the end"):
+        tensors_from_buffer(payload[:-4], "test")
