@@ -271,19 +271,7 @@ class Checkpoint:
 
     def content_hash(self) -> str:
         """sha256 over (name, dtype, shape, bytes) of every tensor, in name order."""
-        h = hashlib.sha256(b"safegene-checkpoint-v1\n")
-        by_file: dict[str, int] = {}
-        buf = memoryview(bytearray(_HASH_CHUNK))
-        for name in self.names():
-            info = self.tensors[name]
-            h.update(f"{name}\0{info.dtype}\0{list(info.shape)}\0{info.nbytes}\n".encode())
-            fd = by_file.get(info.file)
-            if fd is None:
-                fd = by_file[info.file] = os.open(self.path / info.file, os.O_RDONLY)
-            _hash_range(h, fd, info.start, info.nbytes, buf)
-        for fd in by_file.values():
-            os.close(fd)
-        return h.hexdigest()
+        return ContentHasher(self).hexdigest()
 
     def dtype_summary(self) -> str:
         counts: dict[str, int] = {}
@@ -296,6 +284,80 @@ class Checkpoint:
 
     def total_bytes(self) -> int:
         return sum(t.nbytes for t in self.tensors.values())
+
+
+class ContentHasher:
+    """:meth:`Checkpoint.content_hash`, computed while a caller reads the tensors anyway.
+
+    The caller visits tensors in name order: :meth:`begin` a tensor, then
+    :meth:`update` with exactly its bytes, in order. Tensors it skips are read
+    and hashed here, as is everything after the last one, by :meth:`hexdigest`.
+    One read of the data serves both the caller and the identity.
+    """
+
+    def __init__(self, ckpt: Checkpoint) -> None:
+        self.ckpt = ckpt
+        self._h = hashlib.sha256(b"safegene-checkpoint-v1\n")
+        self._names = ckpt.names()
+        self._next = 0
+        self._owed = 0  # bytes of the current tensor still to come through update()
+        self._fds: dict[str, int] = {}
+        self._buf: memoryview | None = None
+
+    def begin(self, name: str) -> None:
+        self._settle()
+        while self._next < len(self._names) and self._names[self._next] != name:
+            self._from_file(self._names[self._next])
+        if self._next == len(self._names):
+            raise ValueError(f"{name} is not a later tensor of {self.ckpt.path}: tensors must come in name order")
+        self._describe(name)
+        self._owed = self.ckpt.tensors[name].nbytes
+
+    def hash_from_file(self, name: str) -> None:
+        """Hash tensor ``name`` (and any skipped before it) by reading it here."""
+        self._settle()
+        while self._next < len(self._names) and self._names[self._next] != name:
+            self._from_file(self._names[self._next])
+        if self._next == len(self._names):
+            raise ValueError(f"{name} is not a later tensor of {self.ckpt.path}: tensors must come in name order")
+        self._from_file(name)
+
+    def update(self, data: bytes | bytearray | memoryview) -> None:
+        n = memoryview(data).nbytes
+        if n > self._owed:
+            raise ValueError("more bytes than the current tensor holds")
+        self._h.update(data)
+        self._owed -= n
+
+    def hexdigest(self) -> str:
+        self._settle()
+        try:
+            while self._next < len(self._names):
+                self._from_file(self._names[self._next])
+        finally:
+            for fd in self._fds.values():
+                os.close(fd)
+            self._fds.clear()
+        return self._h.hexdigest()
+
+    def _settle(self) -> None:
+        if self._owed:
+            raise ValueError(f"{self._owed} bytes of the current tensor were never hashed")
+
+    def _describe(self, name: str) -> None:
+        info = self.ckpt.tensors[name]
+        self._h.update(f"{name}\0{info.dtype}\0{list(info.shape)}\0{info.nbytes}\n".encode())
+        self._next += 1
+
+    def _from_file(self, name: str) -> None:
+        info = self.ckpt.tensors[name]
+        self._describe(name)
+        fd = self._fds.get(info.file)
+        if fd is None:
+            fd = self._fds[info.file] = os.open(self.ckpt.path / info.file, os.O_RDONLY)
+        if self._buf is None:
+            self._buf = memoryview(bytearray(_HASH_CHUNK))
+        _hash_range(self._h, fd, info.start, info.nbytes, self._buf)
 
 
 def _hash_range(h: Any, fd: int, start: int, length: int, buf: memoryview | None = None) -> None:

@@ -24,6 +24,7 @@ import re
 import secrets
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +42,16 @@ class BlobInfo:
     codec: str
     raw_size: int
     stored_size: int
+
+
+@dataclass(frozen=True)
+class EncodedBlob:
+    """A payload hashed and compressed, not yet written (see :meth:`BlobStore.encode`)."""
+
+    sha256: str
+    codec: str
+    raw_size: int
+    stored: bytes
 
 
 def sha256_hex(data: bytes | bytearray | memoryview) -> str:
@@ -107,18 +118,41 @@ class BlobStore:
             width: element width in bytes of the rest (2 or 4 enables byte grouping).
         """
         sha = sha256_hex(payload)
-        path = self.path_for(sha)
-        if path.is_file():
-            stored_size = path.stat().st_size
-            with open(path, "rb") as fh:
-                head = fh.read(5)
-            name = _codec_name(head)
-            return BlobInfo(sha, name, len(payload), stored_size)
+        existing = self._existing(sha, len(payload))
+        if existing is not None:
+            return existing
         name, stored = _codec.encode(payload, skip=skip, width=width)
+        return self.write(EncodedBlob(sha, name, len(payload), stored))
+
+    def encode(self, payload: bytes | bytearray | memoryview, *, skip: int = 0, width: int = 1) -> EncodedBlob:
+        """Hash and compress ``payload`` concurrently (both release the GIL); nothing is written.
+
+        For streams of new payloads (extraction), where checking for an existing
+        blob first would serialize the hash before the compression.
+        """
+        with ThreadPoolExecutor(1, thread_name_prefix="safegene-sha") as side:
+            sha = side.submit(sha256_hex, payload)
+            name, stored = _codec.encode(payload, skip=skip, width=width)  # type: ignore[arg-type]
+            return EncodedBlob(sha.result(), name, memoryview(payload).nbytes, stored)
+
+    def write(self, blob: EncodedBlob) -> BlobInfo:
+        """Store an encoded blob under its name (idempotent: an existing blob is kept)."""
+        existing = self._existing(blob.sha256, blob.raw_size)
+        if existing is not None:
+            return existing
+        path = self.path_for(blob.sha256)
         self.ensure()
         path.parent.mkdir(exist_ok=True)
-        atomic_write(path, stored, tmp_dir=self.tmp_dir)
-        return BlobInfo(sha, name, len(payload), len(stored))
+        atomic_write(path, blob.stored, tmp_dir=self.tmp_dir)
+        return BlobInfo(blob.sha256, blob.codec, blob.raw_size, len(blob.stored))
+
+    def _existing(self, sha: str, raw_size: int) -> BlobInfo | None:
+        path = self.path_for(sha)
+        if not path.is_file():
+            return None
+        with open(path, "rb") as fh:
+            head = fh.read(5)
+        return BlobInfo(sha, _codec_name(head), raw_size, path.stat().st_size)
 
     def get(self, sha: str, *, max_size: int | None = None) -> bytes | bytearray | memoryview:
         """Read, decode and verify one blob (a writable memoryview for byte-grouped blobs: no copy).

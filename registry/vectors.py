@@ -17,13 +17,14 @@ Which tensors a vector carries (``scope``):
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import os
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import torch
 from sqlalchemy import func, select
@@ -31,15 +32,14 @@ from sqlalchemy.orm import Session, aliased
 
 from . import models as m
 from ._catalog import check_name, resolve_family, resolve_vector
-from ._core import RegistryCore, current_actor
+from ._core import PendingCheckpoint, RegistryCore, current_actor
 from ._faults import crashpoint
 from ._threads import torch_threads
 from .audit import append_event, vector_state_digest
-from .checkpoint import _TORCH_DTYPES, DTYPE_SIZES, Checkpoint, tensors_from_buffer
+from .checkpoint import _TORCH_DTYPES, DTYPE_SIZES, Checkpoint, ContentHasher, tensors_from_buffer
 from .errors import AlreadyExistsError, IncompatibleError, InvalidCheckpointError, InvalidInputError
 from .family import family_key, layer_of, manifest_hash
 from .records import CheckpointRecord, LayerRecord, VectorRecord
-from .store import BlobInfo
 
 SCOPES = ("blocks", "blocks+norms", "all")
 ENCODINGS = ("fp32", "bf16")
@@ -106,8 +106,11 @@ class _SliceBuilder:
 
     _CHUNK = 1 << 20  # elements
 
-    def __init__(self, a_ck: Checkpoint, d_ck: Checkpoint, encoding: str) -> None:
+    def __init__(self, a_ck: Checkpoint, d_ck: Checkpoint, encoding: str,
+                 hashers: tuple[ContentHasher | None, ContentHasher | None] = (None, None)) -> None:  # fmt: skip
         self.a_ck, self.d_ck, self.encoding = a_ck, d_ck, encoding
+        # Content hashes of checkpoints not yet in the catalog, fed from the same reads.
+        self.ha, self.hd = hashers
         self.dtype = torch.bfloat16 if encoding == "bf16" else torch.float32
         self.esize = 2 if encoding == "bf16" else 4
         self.buffers: list[bytearray] = [bytearray(), bytearray()]
@@ -141,6 +144,11 @@ class _SliceBuilder:
         if self.encoding != "fp32" or ia.dtype != id_.dtype or ia.dtype not in _STREAMED:
             return self._diff_whole(name, out)
         dt, es = _TORCH_DTYPES[ia.dtype], DTYPE_SIZES[ia.dtype]
+        ha, hd = self.ha, self.hd
+        if ha is not None:
+            ha.begin(name)
+        if hd is not None:
+            hd.begin(name)
         fa, fd = os.open(self.a_ck.path / ia.file, os.O_RDONLY), os.open(self.d_ck.path / id_.file, os.O_RDONLY)
         sq = 0.0
         try:
@@ -148,6 +156,10 @@ class _SliceBuilder:
                 n = min(self._CHUNK, out.numel() - s)
                 a = _pread_exact(fa, self.scratch[0], n * es, ia.start + s * es, self.a_ck, name)
                 d = _pread_exact(fd, self.scratch[1], n * es, id_.start + s * es, self.d_ck, name)
+                if ha is not None:
+                    ha.update(a)
+                if hd is not None:
+                    hd.update(d)
                 v, tmp = out[s : s + n], self.tmp[:n]
                 v.copy_(torch.frombuffer(a, dtype=dt, count=n))
                 tmp.copy_(torch.frombuffer(d, dtype=dt, count=n))
@@ -163,6 +175,9 @@ class _SliceBuilder:
 
     def _diff_whole(self, name: str, out: torch.Tensor) -> float:
         # Other dtypes and the bf16 encoding: the plain tensor-at-a-time path.
+        for h in (self.ha, self.hd):
+            if h is not None:
+                h.hash_from_file(name)
         v = out if self.encoding == "fp32" else torch.empty(out.shape, dtype=torch.float32)
         v.copy_(self.a_ck.get_tensor(name).reshape(-1))
         d = self.d_ck.get_tensor(name).reshape(-1)
@@ -175,6 +190,15 @@ class _SliceBuilder:
         if not math.isfinite(sq) and not bool(torch.isfinite(v).all()):
             raise InvalidInputError(f"the difference for {name} has NaN or Inf values; check both checkpoints")
         return sq
+
+
+def _name_order(slices: list[tuple[int | None, str, list[str]]]) -> list[int] | None:
+    """Slice positions in the order that reads tensors in name order, or None when their names interleave."""
+    order = sorted(range(len(slices)), key=lambda i: slices[i][2][0])
+    for prev, nxt in itertools.pairwise(order):
+        if slices[prev][2][-1] >= slices[nxt][2][0]:
+            return None
+    return order
 
 
 def _pread_exact(fd: int, buf: bytearray, n: int, at: int, ck: Checkpoint, name: str) -> memoryview:
@@ -231,8 +255,8 @@ class VectorOps(RegistryCore):
         check_name(name, "vector name")
         if encoding not in ENCODINGS:
             raise InvalidInputError(f"encoding {encoding!r} is not one of {', '.join(ENCODINGS)}")
-        a_rec, a_ck = self._checkpoint_arg(aligned, "aligned")
-        d_rec, d_ck = self._checkpoint_arg(degraded, "degraded")
+        a_rec, a_ck = self._checkpoint_arg(aligned)
+        d_rec, d_ck = self._checkpoint_arg(degraded)
         a_key, d_key = family_key(a_ck.config, a_ck.names()), family_key(d_ck.config, d_ck.names())
         if a_key.id != d_key.id:
             diff = [f"{k}: {v} vs {d_key.to_json()[k]}" for k, v in a_key.to_json().items()
@@ -245,18 +269,33 @@ class VectorOps(RegistryCore):
         slices = plan_slices(names, scope)
         if not slices:
             raise InvalidInputError("no tensors fall in the chosen scope; try --scope all")
-        layers, meta = self._extract_slices(a_ck, d_ck, slices, encoding, progress)
+        # A folder not yet in the catalog is hashed (its identity) from the same reads
+        # that build the vector, when the slices can be read in tensor-name order;
+        # otherwise it is hashed first. Either way it is registered only once the
+        # vector's blobs are stored.
+        order = _name_order(slices)
+        hashers = (ContentHasher(a_ck) if a_rec is None and order else None,
+                   ContentHasher(d_ck) if d_rec is None and order else None)  # fmt: skip
+        layers, meta = self._extract_slices(a_ck, d_ck, slices, encoding, progress,
+                                            order=order or list(range(len(slices))), hashers=hashers)  # fmt: skip
+        a_rec = a_rec or self._register_source(a_ck, "aligned", hashers[0])
+        d_rec = d_rec or self._register_source(d_ck, "degraded", hashers[1])
         meta.update(scope=scope, source_dtype=a_ck.dtype_summary(), num_blocks=a_key.num_layers,
                     source_manifest=manifest_hash(a_ck.manifest()))
         return self._register_vector(name, a_key.id, a_rec, d_rec, encoding, scope, layers, meta)
 
-    def _checkpoint_arg(self, arg: str | Path, role: str) -> tuple[CheckpointRecord, Checkpoint]:
+    def _checkpoint_arg(self, arg: str | Path) -> tuple[CheckpointRecord | None, Checkpoint]:
+        """A catalog REF gives its record; a folder gives None (registered after extraction)."""
         p = Path(arg)
         if p.is_dir():
-            rec = self.add_model(p, role=role)
-            return rec, Checkpoint(p)
+            return None, Checkpoint(p)
         rec = self.get_model(str(arg))
         return rec, Checkpoint(rec.path)
+
+    def _register_source(self, ck: Checkpoint, role: str, hasher: ContentHasher | None) -> CheckpointRecord:
+        digest = hasher.hexdigest() if hasher is not None else ck.content_hash()
+        pending = PendingCheckpoint.of(ck, name=None, role=role, digest=digest)
+        return self.transaction(lambda s: self._insert_checkpoint(s, pending))
 
     def _check_vector_name_free(self, name: str) -> None:
         taken = self.read(lambda s: s.scalar(select(m.Vector.hash).where(m.Vector.name == name)))
@@ -267,39 +306,57 @@ class VectorOps(RegistryCore):
             )
 
     def _extract_slices(self, a_ck: Checkpoint, d_ck: Checkpoint, slices: list[tuple[int | None, str, list[str]]],
-                        encoding: str, progress: Progress | None) -> tuple[list[dict[str, Any]], dict[str, Any]]:  # fmt: skip
-        # Pipelined: while one slice is hashed, compressed and written (store.put, in a
-        # worker thread; hashlib, numpy and zstd release the GIL), the next slice's
-        # differences are computed here. At most one put is in flight and its
-        # crashpoint fires before the next put starts, so the order of effects on
-        # disk is the same as a plain loop's.
+                        encoding: str, progress: Progress | None, *, order: list[int],
+                        hashers: tuple[ContentHasher | None, ContentHasher | None]
+                        ) -> tuple[list[dict[str, Any]], dict[str, Any]]:  # fmt: skip
+        # Three stages, each in its own thread: this one computes a slice's differences
+        # (and feeds the checkpoints' content hashes), a worker hashes and compresses
+        # the previous slice (store.encode; hashlib, numpy and zstd release the GIL),
+        # and a writer writes and fsyncs the one before (I/O wait overlaps the work).
+        # Two payload buffers alternate: a slice's encoding finishes before its buffer
+        # is rebuilt. Writes happen in slice order; the crashpoint fires as each is
+        # collected. Nothing is in the catalog until every blob is on disk.
         layers: list[dict[str, Any]] = []
         shapes: dict[str, list[int]] = {}
-        builder = _SliceBuilder(a_ck, d_ck, encoding)
+        builder = _SliceBuilder(a_ck, d_ck, encoding, hashers)
         width = 2 if encoding == "bf16" else 4
+        Pending = tuple[int, int | None, str, list[str], float, Future[Any]]
 
-        def stored(pending: tuple[int, int | None, str, list[str], float, Future[BlobInfo]]) -> None:
+        def written(pending: Pending) -> None:
             pos, idx, label, members, norm, fut = pending
             layers.append({"position": pos, "index": idx, "label": label, "names": members,
                            "blob": fut.result(), "norm": norm})  # fmt: skip
             crashpoint("extract.slice-stored")
             if progress:
-                progress(pos + 1, len(slices))
+                progress(len(layers), len(slices))
 
         # Intra-op threads only cost here: the chunks are cache-sized, and on a busy
         # machine torch's thread hand-offs made the arithmetic 10-25x slower (measured).
-        with torch_threads(1), ThreadPoolExecutor(max_workers=1, thread_name_prefix="safegene-put") as pool:
-            pending = None
-            for pos, (idx, label, members) in enumerate(slices):
+        with (
+            torch_threads(1),
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="safegene-encode") as encoder,
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="safegene-write") as writer,
+        ):
+            encoding_: Pending | None = None
+            writes: list[Pending] = []
+            for pos in order:
+                idx, label, members = slices[pos]
                 payload, norm = builder.build(members)
                 shapes.update({n: list(a_ck.tensors[n].shape) for n in members})
-                if pending is not None:
-                    stored(pending)
-                fut = pool.submit(self.store.put, cast(bytes, payload), skip=payload_skip(payload), width=width)  # any buffer
-                pending = (pos, idx, label, members, norm, fut)
+                if encoding_ is not None:
+                    *head, fut = encoding_
+                    writes.append((*head, writer.submit(self.store.write, fut.result())))  # type: ignore[arg-type]
+                while len(writes) > 1 or (writes and writes[0][-1].done()):
+                    written(writes.pop(0))
+                fut = encoder.submit(self.store.encode, payload, skip=payload_skip(payload), width=width)
+                encoding_ = (pos, idx, label, members, norm, fut)
                 del payload
-            if pending is not None:
-                stored(pending)
+            if encoding_ is not None:
+                *head, fut = encoding_
+                writes.append((*head, writer.submit(self.store.write, fut.result())))  # type: ignore[arg-type]
+            for pending in writes:
+                written(pending)
+        layers.sort(key=lambda lay: lay["position"])
         return layers, {"shapes": shapes, "max_abs_error": builder.max_err}
 
     def _register_vector(self, name: str, family_id: str, a_rec: CheckpointRecord | None, d_rec: CheckpointRecord | None,

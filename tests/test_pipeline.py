@@ -49,6 +49,32 @@ def test_extract_is_exact_difference(world_reg: Registry, quick_world: ToyWorld)
     assert vec.aligned == a.content_hash() and vec.degraded == d.content_hash()
 
 
+def test_extract_hashes_sources_once_in_any_slice_order(tmp_path: Path, quick_world: ToyWorld) -> None:
+    """Blocks are hashed from the extraction's own reads; ``all`` (names interleave) hashes first: same identities."""
+    from registry.checkpoint import ContentHasher
+    from registry.vectors import _name_order, _scope_filter, plan_slices
+
+    a, d = Checkpoint(quick_world.models["aligned"]), Checkpoint(quick_world.models["degraded"])
+    assert _name_order(plan_slices(_scope_filter(a, "blocks"), "blocks")) is not None
+    assert _name_order(plan_slices(_scope_filter(a, "all"), "all")) is None
+    reg = Registry.open(tmp_path / "home")
+    vec = reg.extract_vector(a.path, d.path, name="all", scope="all")
+    assert (vec.aligned, vec.degraded) == (a.content_hash(), d.content_hash())
+    assert [lay.position for lay in vec.layers] == list(range(len(vec.layers)))
+    assert vec.layers[-1].label == "extra"
+    again = reg.extract_vector("aligned", "degraded", name="blocks")  # catalog refs: nothing re-hashed
+    assert (again.aligned, again.degraded) == (vec.aligned, vec.degraded) and len(reg.list_models()) == 2
+    h = ContentHasher(a)
+    names = a.names()
+    h.begin(names[1])
+    with pytest.raises(ValueError, match="never hashed"):
+        h.begin(names[2])
+    h.update(a.get_tensor(names[1]).contiguous().view(torch.uint8).numpy().tobytes())
+    with pytest.raises(ValueError, match="name order"):
+        h.begin(names[0])
+    assert h.hexdigest() == a.content_hash()
+
+
 def test_extract_same_vector_twice_is_one_vector(world_reg: Registry, quick_world: ToyWorld) -> None:
     from registry.errors import AlreadyExistsError
 
