@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -53,9 +54,9 @@ class SafegeneGroup(click.Group):
 def cli(ctx: click.Context, home: Path | None, db_url: str | None, sign_key: Path | None, json_mode: bool,
         quiet: bool) -> None:  # fmt: skip
     """SafeGene Registry: keep, resolve and apply safety vectors per model family."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # our own progress bars replace transformers' tqdm
+    # Our own progress bars replace transformers' tqdm; the variable (read by
+    # huggingface_hub, hence transformers, at import) keeps transformers unimported here.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     ctx.obj = App(home=home, db_url=db_url, out=Output(json_mode=json_mode, quiet=quiet), sign_key=sign_key)
 
 

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from registry.demo import DemoResult, run_demo
-from registry.toy import FAMILIES, build_world
+from registry.toy import FAMILIES
 
 from ._app import App, pass_app
+
+if TYPE_CHECKING:
+    from registry.demo import DemoResult
 
 
 @click.group("toy")
@@ -26,6 +29,8 @@ def toy_group() -> None:
 def toy_build(app: App, family: str, out_dir: Path, seed: int, quick: bool) -> None:
     """Build base/aligned/degraded/task-* checkpoints and probe files into --out."""
     with app.out.progress(f"building {family} world") as update:
+        from registry.toy import build_world
+
         world = build_world(family, out_dir, seed=seed, quick=quick,
                             progress=lambda stage, d, t: update(d, t, f"training {stage}"))  # fmt: skip
     data = {"root": str(world.root), "family": world.family, "seed": world.seed, "quick": world.quick,
@@ -67,6 +72,8 @@ def _print_demo(app: App, res: DemoResult) -> None:
 @pass_app
 def demo(app: App, family: str, workdir: Path, seed: int, quick: bool, plot: Path | None) -> None:
     """The whole pipeline end to end on a toy world."""
+    from registry.demo import run_demo
+
     res = run_demo(app.registry(), workdir, family=family, seed=seed, quick=quick, say=app.out.info)
     if plot is not None:
         from registry.plots import plot_safety_utility

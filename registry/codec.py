@@ -77,19 +77,26 @@ class Codec(abc.ABC):
         """The zstd compressor for this codec's segments (settings are not part of the format)."""
         return zstandard.ZstdCompressor(level=LEVEL, threads=threads, write_content_size=True)
 
-    def encode(self, payload: Buffer, *, skip: int = 0, width: int = 1) -> bytes:
+    def encode(self, payload: Buffer, *, skip: int = 0, width: int = 1, level: int | None = None) -> bytes:
+        """Encode ``payload``; ``level``: a plain zstd level instead of this codec's settings (comparisons)."""
         makers = self.segment_makers(payload, skip=skip, width=width)
+
+        def compressor(threads: int = 0) -> zstandard.ZstdCompressor:
+            if level is None:
+                return self.compressor(threads=threads)
+            return zstandard.ZstdCompressor(level=level, threads=threads, write_content_size=True)
+
         if len(makers) > 1 and len(payload) >= _THREADS_MIN_BYTES:
             # Segments (byte planes) are made and compressed concurrently, one
             # single-threaded zstd per plane; measured faster here than zstd's own
             # worker threads, which split one frame into jobs.
             def work(make: Callable[[], Buffer]) -> bytes:
-                return self.compressor().compress(make())
+                return compressor().compress(make())
 
             with ThreadPoolExecutor(_WORKERS, thread_name_prefix="safegene-codec") as pool:
                 futures = [pool.submit(work, make) for make in makers]
                 return self._assemble((f.result() for f in futures), payload_len=len(payload), skip=skip, width=width)
-        cctx = self.compressor(threads=-1 if len(payload) >= _THREADS_MIN_BYTES else 0)
+        cctx = compressor(threads=-1 if len(payload) >= _THREADS_MIN_BYTES else 0)
         return self._assemble((cctx.compress(make()) for make in makers), payload_len=len(payload), skip=skip,
                               width=width)  # fmt: skip
 

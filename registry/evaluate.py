@@ -22,14 +22,15 @@ import string
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from typing import TYPE_CHECKING, Any
 
 from .errors import InvalidInputError
 from .judges import Judge, RefusalKeywordJudge, is_degenerate
 from .probes import Probe
 from .textio import generate, load_model, load_tokenizer
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 ProgressFn = Callable[[int, int], None]
 _SPACES = re.compile(r"\s+")

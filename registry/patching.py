@@ -17,12 +17,13 @@ import secrets
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from ._faults import crashpoint
 from ._threads import torch_threads
-from .checkpoint import DTYPE_SIZES, Checkpoint
+from .checkpoint import _TORCH_DTYPES, DTYPE_SIZES, Checkpoint, ContentHasher
 from .errors import AlreadyExistsError, InvalidInputError
 from .store import fsync_dir
 
@@ -88,7 +89,7 @@ def write_patched(
     metadata: dict[str, str],
     force: bool = False,
     lease_dir: Path | None = None,
-    before_rename: Callable[[Path], None] | None = None,
+    before_rename: Callable[[Path, str | None], None] | None = None,
     shard_bytes: int = DEFAULT_SHARD_BYTES,
     progress: Callable[[int, int], None] | None = None,
 ) -> Path:
@@ -99,8 +100,9 @@ def write_patched(
         deltas: tensor name -> (λ, v), or a function returning it (None = copy as is).
         out: destination folder (must not exist unless ``force``).
         lease_dir: where to leave a lease naming the temp folder (for `gc`).
-        before_rename: called with the complete, fsynced temp folder just
-            before it takes its final name (e.g. to record it in the catalog).
+        before_rename: called with the complete, fsynced temp folder and its
+            content hash (None when it could not be computed while writing)
+            just before it takes its final name (e.g. to record it in the catalog).
         metadata: strings stored in every shard's ``__metadata__``.
         shard_bytes: maximum bytes per output shard.
         progress: ``(tensors done, total)`` callback.
@@ -112,7 +114,7 @@ def write_patched(
     tmp, lease = prepare_output(out, force=force, lease_dir=lease_dir)
     try:
         _copy_side_files(target.path, tmp)
-        shards = _write_shards(target, lookup, tmp, {"format": "pt", **metadata}, shard_bytes, progress)
+        shards, digest = _write_shards(target, lookup, tmp, {"format": "pt", **metadata}, shard_bytes, progress)
         if len(shards) > 1:
             weight_map = {name: fname for fname, names in shards for name in names}
             total = sum(target.tensors[n].nbytes for n in weight_map)
@@ -120,7 +122,7 @@ def write_patched(
             (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2, sort_keys=True))
         fsync_dir(tmp)
         if before_rename is not None:
-            before_rename(tmp)
+            before_rename(tmp, digest)
         crashpoint("patch.before-rename")
         if out.exists():
             shutil.rmtree(out)
@@ -137,7 +139,7 @@ def write_patched(
 
 def _write_shards(target: Checkpoint, lookup: Callable[[str], tuple[float, torch.Tensor] | None], tmp: Path,
                   metadata: dict[str, str], shard_bytes: int,
-                  progress: Callable[[int, int], None] | None) -> list[tuple[str, list[str]]]:  # fmt: skip
+                  progress: Callable[[int, int], None] | None) -> tuple[list[tuple[str, list[str]]], str | None]:  # fmt: skip
     names = target.names()
     groups: list[list[str]] = [[]]
     size = 0
@@ -150,39 +152,119 @@ def _write_shards(target: Checkpoint, lookup: Callable[[str], tuple[float, torch
         size += nbytes
     files = (["model.safetensors"] if len(groups) == 1
              else [f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors" for i in range(len(groups))])  # fmt: skip
-    done = 0
+    orders = [sorted(g, key=lambda n: (-DTYPE_SIZES[target.tensors[n].dtype], n)) for g in groups]  # safetensors' order
+    # The output has the target's names, dtypes and shapes: when the shards are
+    # written in name order (one dtype width, the usual case), the output's content
+    # hash is computed from the bytes as they are written, not read back.
+    hasher = ContentHasher(target) if [n for o in orders for n in o] == names else None
+    writer = _ShardWriter(target, lookup, hasher, len(names), progress)
     with torch_threads(1):
-        for fname, group in zip(files, groups, strict=True):
-            done = _write_shard(target, lookup, tmp / fname, group, metadata, done, len(names), progress)
-    return list(zip(files, groups, strict=True))
+        for fname, order in zip(files, orders, strict=True):
+            writer.write(tmp / fname, order, metadata)
+    return list(zip(files, groups, strict=True)), hasher.hexdigest() if hasher is not None else None
 
 
+class _ShardWriter:
+    """Streams tensors into shard files in cache-sized chunks through reused buffers.
 
-def _write_shard(target: Checkpoint, lookup: Callable[[str], tuple[float, torch.Tensor] | None], path: Path,
-                 group: list[str], metadata: dict[str, str], done: int, total: int,
-                 progress: Callable[[int, int], None] | None) -> int:  # fmt: skip
-    # Streamed: the safetensors header is known from the target's shapes and
-    # dtypes, so each tensor is written as soon as it is patched and then
-    # dropped; memory holds one tensor, not a whole shard.
-    order = sorted(group, key=lambda n: (-DTYPE_SIZES[target.tensors[n].dtype], n))  # safetensors' own order
-    with open(path, "wb") as fh:
-        fh.write(_shard_header(target, order, metadata))
-        for n in order:
-            w = target.get_tensor(n)
-            delta = lookup(n)
-            if delta is not None:
-                lam, v = delta
-                w = (w.to(torch.float32) + lam * v).to(w.dtype)
-            if w.numel():
-                fh.write(w.contiguous().reshape(-1).view(torch.uint8).numpy().data)
-            del w
-            done += 1
-            if progress:
-                progress(done, total)
-        fh.flush()
-        crashpoint("patch.shard-written")
-        os.fsync(fh.fileno())
-    return done
+    A tensor without a delta is copied byte for byte; a patched one is computed
+    chunk by chunk as ``(W.float() + λ·v).to(W.dtype)`` — the same operations, hence
+    the same bits, as on whole tensors — so nothing large is allocated per
+    tensor (fresh multi-MB temporaries cost more in page faults than the
+    arithmetic itself).
+    """
+
+    _CHUNK = 1 << 20  # elements
+
+    def __init__(self, target: Checkpoint, lookup: Callable[[str], tuple[float, torch.Tensor] | None],
+                 hasher: ContentHasher | None, total: int, progress: Callable[[int, int], None] | None) -> None:  # fmt: skip
+        self.target, self.lookup, self.hasher, self.total, self.progress = target, lookup, hasher, total, progress
+        self.done = 0
+        self.raw = bytearray(self._CHUNK * 8)
+        self.acc = torch.empty(self._CHUNK, dtype=torch.float32)
+        self.step = torch.empty(self._CHUNK, dtype=torch.float32)
+        self.fds: dict[str, int] = {}
+
+    def write(self, path: Path, order: list[str], metadata: dict[str, str]) -> None:
+        try:
+            with open(path, "wb") as fh:
+                fh.write(_shard_header(self.target, order, metadata))
+                for n in order:
+                    if self.hasher is not None:
+                        self.hasher.begin(n)
+                    delta = self.lookup(n)
+                    info = self.target.tensors[n]
+                    if delta is None:
+                        self._copy(fh, n)
+                    elif info.dtype in ("F32", "BF16", "F16") and delta[1].is_contiguous():
+                        self._patch_chunked(fh, n, *delta)
+                    else:
+                        self._emit(fh, self._patched_whole(n, *delta))
+                    self.done += 1
+                    if self.progress:
+                        self.progress(self.done, self.total)
+                fh.flush()
+                crashpoint("patch.shard-written")
+                os.fsync(fh.fileno())
+        finally:
+            for fd in self.fds.values():
+                os.close(fd)
+            self.fds.clear()
+
+    def _fd(self, n: str) -> int:
+        f = self.target.tensors[n].file
+        if f not in self.fds:
+            self.fds[f] = os.open(self.target.path / f, os.O_RDONLY)
+        return self.fds[f]
+
+    def _read(self, n: str, at: int, size: int) -> memoryview:
+        view, pos = memoryview(self.raw)[:size], 0
+        while pos < size:
+            got = os.preadv(self._fd(n), [view[pos:]], at + pos)
+            if got <= 0:
+                raise InvalidInputError(f"{self.target.path}: file ends inside {n}")
+            pos += got
+        return view
+
+    def _emit(self, fh: Any, data: memoryview) -> None:
+        fh.write(data)
+        if self.hasher is not None:
+            self.hasher.update(data)
+
+    def _copy(self, fh: Any, n: str) -> None:
+        info = self.target.tensors[n]
+        step = len(self.raw)
+        for at in range(info.start, info.end, step):
+            self._emit(fh, self._read(n, at, min(step, info.end - at)))
+
+    def _patch_chunked(self, fh: Any, n: str, lam: float, v: torch.Tensor) -> None:
+        info = self.target.tensors[n]
+        dt, es = _TORCH_DTYPES[info.dtype], DTYPE_SIZES[info.dtype]
+        flat = v.reshape(-1)
+        for s in range(0, info.numel, self._CHUNK):
+            k = min(self._CHUNK, info.numel - s)
+            w = torch.frombuffer(self._read(n, info.start + s * es, k * es), dtype=dt, count=k)
+            acc = self.acc[:k]
+            acc.copy_(w)
+            vs = flat[s : s + k]
+            if vs.dtype == torch.float32:
+                torch.mul(vs, lam, out=self.step[:k])
+                acc.add_(self.step[:k])
+            else:
+                acc.add_(vs * lam)  # v's own dtype for λ·v, as on whole tensors
+            if dt == torch.float32:
+                self._emit(fh, acc.numpy().data.cast("B"))
+            else:
+                w.copy_(acc)  # round into the read buffer: W is no longer needed
+                self._emit(fh, self._read_view(k * es))
+
+    def _read_view(self, size: int) -> memoryview:
+        return memoryview(self.raw)[:size]
+
+    def _patched_whole(self, n: str, lam: float, v: torch.Tensor) -> memoryview:
+        w = self.target.get_tensor(n)
+        w = (w.to(torch.float32) + lam * v).to(w.dtype).contiguous()
+        return w.reshape(-1).view(torch.uint8).numpy().data
 
 
 def _shard_header(target: Checkpoint, order: list[str], metadata: dict[str, str]) -> bytes:

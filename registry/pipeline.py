@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -359,11 +361,12 @@ class PipelineOps(VectorOps):
                    "layers": [key_of[p] for p in positions]}  # fmt: skip
         done: list[PatchResult] = []
 
-        def register(staged: Path) -> None:
+        def register(staged: Path, digest: str | None) -> None:
             # Catalog row and audit event commit before the folder takes its final
             # name: a crash in between leaves a record and a reclaimable temp
-            # folder, never an unrecorded patched model.
-            pending = PendingCheckpoint.read(staged, name=None, role="patched")
+            # folder, never an unrecorded patched model. The digest comes from
+            # the bytes as they were written (None: read the folder back).
+            pending = PendingCheckpoint.of(Checkpoint(staged), name=None, role="patched", digest=digest)
 
             def tx(session: Session) -> PatchResult:
                 out_rec = self._insert_checkpoint(session, pending, parent=target_rec.hash,
@@ -375,17 +378,27 @@ class PipelineOps(VectorOps):
 
             done.append(self.transaction(tx))
 
-        deltas = self._slice_deltas(vec, positions, {p: coefs[key_of[p]] for p in positions})
-        write_patched(ck, deltas, out_path, metadata=meta, force=force, lease_dir=self.store.tmp_dir,
-                      before_rename=register, progress=progress)  # fmt: skip
+        with ThreadPoolExecutor(1, thread_name_prefix="safegene-slice") as pool:
+            deltas = self._slice_deltas(vec, positions, {p: coefs[key_of[p]] for p in positions}, ck.names(), pool)
+            write_patched(ck, deltas, out_path, metadata=meta, force=force, lease_dir=self.store.tmp_dir,
+                          before_rename=register, progress=progress)  # fmt: skip
         return done[0]
 
-    def _slice_deltas(self, vec: VectorRecord, positions: list[int],
-                      lam: dict[int, float]) -> Callable[[str], tuple[float, torch.Tensor] | None]:  # fmt: skip
-        """name -> (λ, v), fetching one slice at a time: the patch walks tensors in name
-        order, so a block's tensors come together and only one decoded slice is held."""
+    def _slice_deltas(self, vec: VectorRecord, positions: list[int], lam: dict[int, float], names: list[str],
+                      pool: ThreadPoolExecutor) -> Callable[[str], tuple[float, torch.Tensor] | None]:  # fmt: skip
+        """name -> (λ, v), one decoded slice held at a time, the next one decoded ahead in ``pool``.
+
+        ``names``: the order the patch will ask for tensors in (a block's tensors
+        come together), which gives the order the slices are needed in.
+        """
         pos_of = {n: lay.position for lay in vec.layers if lay.position in positions for n in lay.tensor_names}
+        seq = list(dict.fromkeys(pos_of[n] for n in names if n in pos_of))
+        after = dict(itertools.pairwise(seq))
         held: dict[int, dict[str, torch.Tensor]] = {}
+        ahead: dict[int, Future[dict[str, torch.Tensor]]] = {}
+
+        def load(p: int) -> dict[str, torch.Tensor]:
+            return self.load_vector_slices(vec, positions=[p])[p]
 
         def lookup(name: str) -> tuple[float, torch.Tensor] | None:
             p = pos_of.get(name)
@@ -393,7 +406,13 @@ class PipelineOps(VectorOps):
                 return None
             if p not in held:
                 held.clear()
-                held.update(self.load_vector_slices(vec, positions=[p]))
+                fut = ahead.pop(p, None)
+                held[p] = fut.result() if fut is not None else load(p)
+                for stale in ahead.values():
+                    stale.cancel()
+                ahead.clear()
+                if p in after:
+                    ahead[after[p]] = pool.submit(load, after[p])
             return lam[p], held[p][name]
 
         return lookup

@@ -20,15 +20,17 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.func import functional_call
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .errors import IncompatibleError, InvalidInputError
 from .probes import Probe
 from .textio import collate, encode_example, encode_prompt, pad_id_of
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 Slices = dict[int, dict[str, torch.Tensor]]  # position -> tensor name -> v (fp32)
 

@@ -17,18 +17,14 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
-from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-    PreTrainedTokenizerFast,
-)
 
 from .errors import InvalidCheckpointError
+
+if TYPE_CHECKING:  # transformers is imported where a model or tokenizer is loaded (≈2 s)
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 IGNORE_INDEX = -100
 _TOKENIZER_FILES = (
@@ -89,17 +85,21 @@ def load_tokenizer(model_dir: str | Path) -> PreTrainedTokenizerBase:
     reason = tokenizer_mismatch(auto, tok_json) if auto is not None else auto_error
     if reason is None and auto is not None:
         return auto
+    from transformers import PreTrainedTokenizerFast
+
     fast = PreTrainedTokenizerFast.from_pretrained(str(path), local_files_only=True)
     second = tokenizer_mismatch(fast, tok_json)
     if second is not None:
         raise InvalidCheckpointError(
             path, f"tokenizer does not reproduce tokenizer.json ({reason}; generic: {second})"
         )
-    return cast(PreTrainedTokenizerBase, fast)
+    return cast("PreTrainedTokenizerBase", fast)
 
 
 def _try_auto_tokenizer(path: Path) -> tuple[PreTrainedTokenizerBase | None, str | None]:
     try:
+        from transformers import AutoTokenizer
+
         tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except Exception as exc:  # noqa: BLE001 - any loader failure falls back or is reported
         return None, f"{type(exc).__name__}: {exc}"
@@ -163,6 +163,8 @@ def load_model(
             path, "no *.safetensors weights (pickle checkpoints are not loaded); convert it first"
         )
     try:
+        from transformers import AutoModelForCausalLM
+
         model = AutoModelForCausalLM.from_pretrained(
             str(path), use_safetensors=True, dtype=dtype, local_files_only=True
         )
@@ -171,7 +173,7 @@ def load_model(
     loaded: Any = model
     loaded.to(device)
     loaded.eval()
-    return cast(PreTrainedModel, loaded)
+    return cast("PreTrainedModel", loaded)
 
 
 # --------------------------------------------------------------------------- encoding

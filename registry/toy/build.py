@@ -89,11 +89,11 @@ from .._threads import torch_threads
 from ..errors import InvalidInputError
 from ..probes import Probe, write_probes
 from ..textio import IGNORE_INDEX, collate, encode_example
+from . import FAMILIES
 from .world import REFUSAL, TASKS, WorldData, all_requests, make_tokenizer, make_world_data
 
 StageProgress = Callable[[str, int, int], None]
 
-FAMILIES = ("llama", "qwen2", "mistral", "gpt2")
 
 
 # --------------------------------------------------------------------------- recipe
