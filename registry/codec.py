@@ -2,8 +2,8 @@
 
 Every encoded blob is self-describing::
 
-    b"SGB1" | codec id (u8) | width (u8) | reserved (u16, zero) | skip (u32)
-    | raw size (u64) | blake2b-128 of the body (16 bytes)
+    b"SGB1" | codec id (u8) | width (u8) | flags (u16) | skip (u32)
+    | raw size (u64) | digest of the body (16 bytes)
     | body: one (u64 length, zstd frame) per segment
 
 A codec splits the payload into segments and compresses each as its own zstd
@@ -16,7 +16,10 @@ value. Exponents of trained weights and of fine-tune deltas take few values
 while mantissas look random (ZipNN's observation), so the exponent plane
 compresses well and the mantissa planes are left to be what they are.
 
-The body digest makes any flipped byte of a stored file fail loudly, even one
+The body digest is sha256 truncated to 16 bytes when flag bit 0 is set (what
+is written now: SHA-NI makes it twice as fast as blake2b here), blake2b-128
+when it is clear (blobs written before); other flag bits are refused. The
+body digest makes any flipped byte of a stored file fail loudly, even one
 zstd would ignore; the payload's sha256 (the blob's name) is checked by the
 store on top. Decoding never trusts a frame's own content size: each segment's
 size follows from the header and output is capped at it, so a lying frame
@@ -40,12 +43,14 @@ import zstandard
 from .errors import IntegrityCheckError
 
 MAGIC = b"SGB1"
+FLAG_SHA256 = 1  # header flag: the body digest is sha256[:16] (clear: blake2b-128)
 _HEADER = struct.Struct("<4sBBHIQ16s")
 _LEN = struct.Struct("<Q")
 LEVEL = 3
 _THREADS_MIN_BYTES = 8 << 20  # below this zstd's worker threads cost more than they win
 _UINT: dict[int, np.dtype[Any]] = {2: np.dtype("<u2"), 4: np.dtype("<u4")}
 _WORKERS = min(4, os.cpu_count() or 1)
+_ZSTD_THREADS = max(2, min(4, (os.cpu_count() or 1) + 1))  # zstd workers per frame (one more than cores measured best)
 _CHUNK_WORDS = 1 << 18  # 1 MiB of fp32 words: the shift buffer stays in cache
 Buffer = bytes | bytearray | memoryview
 
@@ -79,6 +84,10 @@ class Codec(abc.ABC):
 
     def encode(self, payload: Buffer, *, skip: int = 0, width: int = 1, level: int | None = None) -> bytes:
         """Encode ``payload``; ``level``: a plain zstd level instead of this codec's settings (comparisons)."""
+        return b"".join(self.encode_parts(payload, skip=skip, width=width, level=level))
+
+    def encode_parts(self, payload: Buffer, *, skip: int = 0, width: int = 1, level: int | None = None) -> list[bytes]:
+        """:meth:`encode`'s bytes as consecutive parts (header, then each frame with its length)."""
         makers = self.segment_makers(payload, skip=skip, width=width)
 
         def compressor(threads: int = 0) -> zstandard.ZstdCompressor:
@@ -87,34 +96,43 @@ class Codec(abc.ABC):
             return zstandard.ZstdCompressor(level=level, threads=threads, write_content_size=True)
 
         if len(makers) > 1 and len(payload) >= _THREADS_MIN_BYTES:
-            # Segments (byte planes) are made and compressed concurrently, one
-            # single-threaded zstd per plane; measured faster here than zstd's own
-            # worker threads, which split one frame into jobs.
-            def work(make: Callable[[], Buffer]) -> bytes:
-                return compressor().compress(make())
+            # One plane is made ahead (a helper thread) while zstd compresses the
+            # previous one with its own worker threads, in 4 MiB jobs: measured 20 %
+            # faster here than one single-threaded zstd per plane in parallel (the
+            # planes differ in cost, so those workers ran unevenly), and the frames
+            # are the same size (the window, 128 KiB, is far below a job).
+            cctx = compressor(threads=_ZSTD_THREADS)
 
-            with ThreadPoolExecutor(_WORKERS, thread_name_prefix="safegene-codec") as pool:
-                futures = [pool.submit(work, make) for make in makers]
-                return self._assemble((f.result() for f in futures), payload_len=len(payload), skip=skip, width=width)
+            def frames(ahead: ThreadPoolExecutor) -> Iterable[bytes]:
+                nxt = ahead.submit(makers[0])
+                for i in range(len(makers)):
+                    seg = nxt.result()
+                    if i + 1 < len(makers):
+                        nxt = ahead.submit(makers[i + 1])
+                    yield cctx.compress(seg)
+                    del seg
+
+            with ThreadPoolExecutor(1, thread_name_prefix="safegene-codec") as ahead:
+                return self._assemble(frames(ahead), payload_len=len(payload), skip=skip, width=width)
         cctx = compressor(threads=-1 if len(payload) >= _THREADS_MIN_BYTES else 0)
         return self._assemble((cctx.compress(make()) for make in makers), payload_len=len(payload), skip=skip,
                               width=width)  # fmt: skip
 
-    def _assemble(self, frames: Iterable[bytes], *, payload_len: int, skip: int, width: int) -> bytes:
-        # Frames are digested as they arrive (overlapping the others' compression)
-        # and joined once: no intermediate body copy.
-        h = hashlib.blake2b(digest_size=16)
+    def _assemble(self, frames: Iterable[bytes], *, payload_len: int, skip: int, width: int) -> list[bytes]:
+        # Frames are digested as they arrive (overlapping the others' compression);
+        # the parts are returned, not joined: a writer writes them as they are.
+        h = hashlib.sha256()
         parts: list[bytes] = [b""]
         for frame in frames:
             size = _LEN.pack(len(frame))
             h.update(size)
             h.update(frame)
             parts += [size, frame]
-        parts[0] = _HEADER.pack(MAGIC, self.codec_id, width, 0, skip, payload_len, h.digest())
-        return b"".join(parts)
+        parts[0] = _HEADER.pack(MAGIC, self.codec_id, width, FLAG_SHA256, skip, payload_len, h.digest()[:16])
+        return parts
 
     def decode_body(self, body: Buffer, *, raw_size: int, skip: int, width: int,
-                    digest: bytes | None = None) -> Buffer:  # fmt: skip
+                    digest: bytes | None = None, flags: int = FLAG_SHA256) -> Buffer:  # fmt: skip
         """Decode a blob body; when ``digest`` is given it is checked, concurrently with decompression."""
         frames, pos = [], 0
         view = memoryview(body)
@@ -134,13 +152,13 @@ class Codec(abc.ABC):
             # The body digest runs beside the frames' decompression (hashlib and zstd
             # release the GIL); nothing decoded is returned before it is checked.
             with ThreadPoolExecutor(_WORKERS, thread_name_prefix="safegene-codec") as pool:
-                checked = pool.submit(_check_digest, view, digest) if digest is not None else None
+                checked = pool.submit(_check_digest, view, digest, flags) if digest is not None else None
                 segments = list(pool.map(_decompress_capped, frames, sizes))
                 if checked is not None:
                     checked.result()
                 return self.join(segments, skip=skip, width=width, pool=pool)
         if digest is not None:
-            _check_digest(view, digest)
+            _check_digest(view, digest, flags)
         segments = [_decompress_capped(f, n) for f, n in zip(frames, sizes, strict=True)]
         return self.join(segments, skip=skip, width=width)
 
@@ -171,13 +189,18 @@ class ByteGroupedZstdCodec(Codec):
     # for them. Measured on fp32 fine-tune deltas (benchmarks/RESULTS.md): ratio
     # 3.17 vs 3.09 for level 1 (2.47 for level 3) at ~1.35x level 1's speed. The
     # literals (most of a plane) are still Huffman-coded.
-    _PARAMS = zstandard.ZstdCompressionParameters(
+    _PARAM_ARGS: dict[str, Any] = dict(
         window_log=17, chain_log=6, hash_log=8, search_log=1, min_match=7, target_length=0,
         strategy=zstandard.STRATEGY_FAST, write_content_size=True,
     )  # fmt: skip
+    _PARAMS = zstandard.ZstdCompressionParameters(**_PARAM_ARGS)
 
     def compressor(self, *, threads: int = 0) -> zstandard.ZstdCompressor:
-        return zstandard.ZstdCompressor(compression_params=self._PARAMS)
+        if not threads:
+            return zstandard.ZstdCompressor(compression_params=self._PARAMS)
+        workers = threads if threads > 0 else _ZSTD_THREADS
+        return zstandard.ZstdCompressor(compression_params=zstandard.ZstdCompressionParameters(
+            **self._PARAM_ARGS, threads=workers, job_size=4 << 20))  # fmt: skip
 
     def split(self, payload: bytes, *, skip: int, width: int) -> list[bytes]:
         return [bytes(make()) for make in self.segment_makers(payload, skip=skip, width=width)]
@@ -257,12 +280,20 @@ def choose_codec(payload_len: int, *, skip: int, width: int) -> Codec:
     return CODECS["zstd"]
 
 
-def encode(payload: bytes, *, skip: int = 0, width: int = 1, codec: str | None = None) -> tuple[str, bytes]:
+def encode(payload: Buffer, *, skip: int = 0, width: int = 1, codec: str | None = None) -> tuple[str, bytes]:
     """Encode ``payload``; returns (codec name, stored bytes)."""
-    c = CODECS[codec] if codec else choose_codec(len(payload), skip=skip, width=width)
+    name, parts = encode_parts(payload, skip=skip, width=width, codec=codec)
+    return name, b"".join(parts)
+
+
+def encode_parts(payload: Buffer, *, skip: int = 0, width: int = 1,
+                 codec: str | None = None) -> tuple[str, list[bytes]]:  # fmt: skip
+    """Like :func:`encode`, the stored bytes as consecutive parts (no copy into one buffer)."""
+    size = memoryview(payload).nbytes
+    c = CODECS[codec] if codec else choose_codec(size, skip=skip, width=width)
     if c.name == "zstd":
         width, skip = 1, 0
-    return c.name, c.encode(payload, skip=skip, width=width)
+    return c.name, c.encode_parts(payload, skip=skip, width=width)
 
 
 def decode(stored: Buffer, *, max_size: int | None = None) -> Buffer:
@@ -277,23 +308,25 @@ def decode(stored: Buffer, *, max_size: int | None = None) -> Buffer:
     """
     if len(stored) < _HEADER.size:
         raise IntegrityCheckError("blob is shorter than its header")
-    magic, cid, width, reserved, skip, raw_size, digest = _HEADER.unpack_from(stored)
-    if magic != MAGIC or cid not in _BY_ID or width not in (1, 2, 4) or reserved or skip > raw_size:
+    magic, cid, width, flags, skip, raw_size, digest = _HEADER.unpack_from(stored)
+    if magic != MAGIC or cid not in _BY_ID or width not in (1, 2, 4) or flags & ~FLAG_SHA256 or skip > raw_size:
         raise IntegrityCheckError("blob header is not a SafeGene blob header")
     body = memoryview(stored)[_HEADER.size :]
     if max_size is not None and raw_size > max_size:
         raise IntegrityCheckError(f"blob claims {raw_size} bytes, more than the {max_size} allowed")
     if (cid == ByteGroupedZstdCodec.codec_id) != (width > 1) or (width > 1 and (raw_size - skip) % width):
         raise IntegrityCheckError("blob header width does not fit its codec and size")
-    return _BY_ID[cid].decode_body(body, raw_size=raw_size, skip=skip, width=width, digest=digest)
+    return _BY_ID[cid].decode_body(body, raw_size=raw_size, skip=skip, width=width, digest=digest, flags=flags)
 
 
-def _digest(body: Buffer) -> bytes:
+def _digest(body: Buffer, flags: int) -> bytes:
+    if flags & FLAG_SHA256:
+        return hashlib.sha256(body).digest()[:16]
     return hashlib.blake2b(body, digest_size=16).digest()
 
 
-def _check_digest(body: Buffer, digest: bytes) -> None:
-    if _digest(body) != digest:
+def _check_digest(body: Buffer, digest: bytes, flags: int) -> None:
+    if _digest(body, flags) != digest:
         raise IntegrityCheckError("blob body does not match its recorded digest")
 
 

@@ -51,7 +51,11 @@ class EncodedBlob:
     sha256: str
     codec: str
     raw_size: int
-    stored: bytes
+    parts: list[bytes]  # the stored bytes, consecutive (see registry.codec.encode_parts)
+
+    @property
+    def stored_size(self) -> int:
+        return sum(len(p) for p in self.parts)
 
 
 def sha256_hex(data: bytes | bytearray | memoryview) -> str:
@@ -72,13 +76,16 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes, *, tmp_dir: Path | None = None) -> None:
-    """Write ``data`` to ``path`` via a unique temp file, fsync and rename."""
+def atomic_write(path: Path, data: bytes | list[bytes], *, tmp_dir: Path | None = None) -> None:
+    """Write ``data`` (bytes, or consecutive parts) to ``path`` via a unique temp file, fsync and rename."""
     tmp_dir = tmp_dir or path.parent
     tmp = tmp_dir / f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}{TEMP_SUFFIX}"
     try:
         with open(tmp, "xb") as fh:
-            fh.write(data)
+            if isinstance(data, list):
+                fh.writelines(data)
+            else:
+                fh.write(data)
             crashpoint("store.temp-written")
             fh.flush()
             os.fsync(fh.fileno())
@@ -121,8 +128,8 @@ class BlobStore:
         existing = self._existing(sha, len(payload))
         if existing is not None:
             return existing
-        name, stored = _codec.encode(payload, skip=skip, width=width)
-        return self.write(EncodedBlob(sha, name, len(payload), stored))
+        name, parts = _codec.encode_parts(payload, skip=skip, width=width)
+        return self.write(EncodedBlob(sha, name, len(payload), parts))
 
     def encode(self, payload: bytes | bytearray | memoryview, *, skip: int = 0, width: int = 1) -> EncodedBlob:
         """Hash and compress ``payload`` concurrently (both release the GIL); nothing is written.
@@ -132,8 +139,8 @@ class BlobStore:
         """
         with ThreadPoolExecutor(1, thread_name_prefix="safegene-sha") as side:
             sha = side.submit(sha256_hex, payload)
-            name, stored = _codec.encode(payload, skip=skip, width=width)  # type: ignore[arg-type]
-            return EncodedBlob(sha.result(), name, memoryview(payload).nbytes, stored)
+            name, parts = _codec.encode_parts(payload, skip=skip, width=width)
+            return EncodedBlob(sha.result(), name, memoryview(payload).nbytes, parts)
 
     def write(self, blob: EncodedBlob) -> BlobInfo:
         """Store an encoded blob under its name (idempotent: an existing blob is kept)."""
@@ -143,8 +150,8 @@ class BlobStore:
         path = self.path_for(blob.sha256)
         self.ensure()
         path.parent.mkdir(exist_ok=True)
-        atomic_write(path, blob.stored, tmp_dir=self.tmp_dir)
-        return BlobInfo(blob.sha256, blob.codec, blob.raw_size, len(blob.stored))
+        atomic_write(path, blob.parts, tmp_dir=self.tmp_dir)
+        return BlobInfo(blob.sha256, blob.codec, blob.raw_size, blob.stored_size)
 
     def _existing(self, sha: str, raw_size: int) -> BlobInfo | None:
         path = self.path_for(sha)

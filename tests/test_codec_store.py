@@ -170,3 +170,22 @@ def test_slice_buffers_decode_like_safetensors_and_share_writable_memory() -> No
         tensors_from_buffer(bad_len, "test")
     with pytest.raises(InvalidCheckpointError, match="past the end"):
         tensors_from_buffer(payload[:-4], "test")
+
+
+def test_blobs_with_the_earlier_blake2b_digest_still_decode() -> None:
+    payload = _payload_from_bits(list(range(-500, 500)), "fp32")
+    _, stored = codec.encode(payload, skip=payload_skip_of(payload), width=4)
+    magic, cid, width, flags, skip, raw, digest = struct.unpack_from("<4sBBHIQ16s", stored)
+    body = stored[struct.calcsize("<4sBBHIQ16s") :]
+    assert flags == codec.FLAG_SHA256 and digest == hashlib.sha256(body).digest()[:16]
+    old = struct.pack("<4sBBHIQ16s", magic, cid, width, 0, skip, raw, hashlib.blake2b(body, digest_size=16).digest())
+    assert bytes(codec.decode(old + body)) == payload
+    with pytest.raises(IntegrityCheckError, match="does not match its recorded digest"):
+        codec.decode(old[:-16] + digest + body)  # a sha256 digest under the blake2b flag
+    unknown = struct.pack("<4sBBHIQ16s", magic, cid, width, 2 | codec.FLAG_SHA256, skip, raw, digest)
+    with pytest.raises(IntegrityCheckError, match="not a SafeGene blob header"):
+        codec.decode(unknown + body)
+
+
+def payload_skip_of(payload: bytes) -> int:
+    return 8 + int.from_bytes(payload[:8], "little")
