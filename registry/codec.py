@@ -66,8 +66,9 @@ class Codec(abc.ABC):
         """Reversible split of the payload into segments compressed separately."""
 
     @abc.abstractmethod
-    def join(self, segments: list[bytes], *, skip: int, width: int, pool: ThreadPoolExecutor | None = None) -> Buffer:
-        """Inverse of :meth:`split` (``pool``: threads it may use)."""
+    def join(self, segments: list[bytes], *, skip: int, width: int, pool: ThreadPoolExecutor | None = None,
+             into: np.ndarray[Any, Any] | None = None) -> Buffer:  # fmt: skip
+        """Inverse of :meth:`split` (``pool``: threads it may use; ``into``: a reusable uint8 buffer for the result)."""
 
     @abc.abstractmethod
     def segment_sizes(self, raw_size: int, *, skip: int, width: int) -> list[int]:
@@ -131,8 +132,8 @@ class Codec(abc.ABC):
         parts[0] = _HEADER.pack(MAGIC, self.codec_id, width, FLAG_SHA256, skip, payload_len, h.digest()[:16])
         return parts
 
-    def decode_body(self, body: Buffer, *, raw_size: int, skip: int, width: int,
-                    digest: bytes | None = None, flags: int = FLAG_SHA256) -> Buffer:  # fmt: skip
+    def decode_body(self, body: Buffer, *, raw_size: int, skip: int, width: int, digest: bytes | None = None,
+                    flags: int = FLAG_SHA256, into: np.ndarray[Any, Any] | None = None) -> Buffer:  # fmt: skip
         """Decode a blob body; when ``digest`` is given it is checked, concurrently with decompression."""
         frames, pos = [], 0
         view = memoryview(body)
@@ -156,11 +157,11 @@ class Codec(abc.ABC):
                 segments = list(pool.map(_decompress_capped, frames, sizes))
                 if checked is not None:
                     checked.result()
-                return self.join(segments, skip=skip, width=width, pool=pool)
+                return self.join(segments, skip=skip, width=width, pool=pool, into=into)
         if digest is not None:
             _check_digest(view, digest, flags)
         segments = [_decompress_capped(f, n) for f, n in zip(frames, sizes, strict=True)]
-        return self.join(segments, skip=skip, width=width)
+        return self.join(segments, skip=skip, width=width, into=into)
 
 
 class ZstdCodec(Codec):
@@ -172,7 +173,8 @@ class ZstdCodec(Codec):
     def split(self, payload: bytes, *, skip: int, width: int) -> list[bytes]:
         return [payload]
 
-    def join(self, segments: list[bytes], *, skip: int, width: int, pool: ThreadPoolExecutor | None = None) -> Buffer:
+    def join(self, segments: list[bytes], *, skip: int, width: int, pool: ThreadPoolExecutor | None = None,
+             into: np.ndarray[Any, Any] | None = None) -> Buffer:  # fmt: skip
         return segments[0]
 
     def segment_sizes(self, raw_size: int, *, skip: int, width: int) -> list[int]:
@@ -211,13 +213,15 @@ class ByteGroupedZstdCodec(Codec):
         makers: list[Callable[[], Buffer]] = [lambda: head]
         return makers + [functools.partial(_plane, words, k, width) for k in reversed(range(width))]
 
-    def join(self, segments: list[bytes], *, skip: int, width: int, pool: ThreadPoolExecutor | None = None) -> Buffer:
+    def join(self, segments: list[bytes], *, skip: int, width: int, pool: ThreadPoolExecutor | None = None,
+             into: np.ndarray[Any, Any] | None = None) -> Buffer:  # fmt: skip
         # Returns a writable memoryview of bytes (no final copy). Words are rebuilt from the planes
         # chunk by chunk in cache, ranges of chunks in parallel when a pool is given.
         n = len(segments[1]) if len(segments) > 1 else 0
         # np.empty, not bytearray(size): bytearray zero-fills every page in this
         # thread first; here each worker faults in the pages it writes.
-        out = np.empty(skip + n * width, dtype=np.uint8)
+        size = skip + n * width
+        out = into[:size] if into is not None and into.size >= size else np.empty(size, dtype=np.uint8)
         out[:skip] = np.frombuffer(segments[0], dtype=np.uint8)
         words = out[skip:].view(_UINT[width])
         planes = [np.frombuffer(p, dtype=np.uint8) for p in reversed(segments[1:])]  # low byte first
@@ -296,7 +300,18 @@ def encode_parts(payload: Buffer, *, skip: int = 0, width: int = 1,
     return c.name, c.encode_parts(payload, skip=skip, width=width)
 
 
-def decode(stored: Buffer, *, max_size: int | None = None) -> Buffer:
+def header_raw_size(head: Buffer) -> int | None:
+    """The payload size a blob's header states (None when ``head`` is not a blob header)."""
+    if len(head) < _HEADER.size:
+        return None
+    magic, _, _, _, _, raw_size, _ = _HEADER.unpack_from(head)
+    return int(raw_size) if magic == MAGIC else None
+
+
+HEADER_SIZE = _HEADER.size
+
+
+def decode(stored: Buffer, *, max_size: int | None = None, into: np.ndarray[Any, Any] | None = None) -> Buffer:
     """Decode a stored blob (self-describing header): ``bytes``, or a writable byte memoryview when byte-grouped.
 
     Args:
@@ -316,7 +331,8 @@ def decode(stored: Buffer, *, max_size: int | None = None) -> Buffer:
         raise IntegrityCheckError(f"blob claims {raw_size} bytes, more than the {max_size} allowed")
     if (cid == ByteGroupedZstdCodec.codec_id) != (width > 1) or (width > 1 and (raw_size - skip) % width):
         raise IntegrityCheckError("blob header width does not fit its codec and size")
-    return _BY_ID[cid].decode_body(body, raw_size=raw_size, skip=skip, width=width, digest=digest, flags=flags)
+    return _BY_ID[cid].decode_body(body, raw_size=raw_size, skip=skip, width=width, digest=digest, flags=flags,
+                                   into=into)  # fmt: skip
 
 
 def _digest(body: Buffer, flags: int) -> bytes:

@@ -7,11 +7,12 @@ import itertools
 import json
 import math
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
@@ -65,6 +66,62 @@ class Candidate:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+class _SliceFeed:
+    """A patch's decoded vector slices: one held, the next decoded ahead in ``pool`` (two at first).
+
+    ``names``: the order the patch asks for tensors in (a block's tensors come
+    together), which gives the order the slices are needed in. The first one
+    starts decoding at once.
+    """
+
+    def __init__(self, ops: VectorOps, vec: VectorRecord, positions: list[int], names: list[str],
+                 pool: ThreadPoolExecutor) -> None:  # fmt: skip
+        self.ops, self.vec, self.pool = ops, vec, pool
+        self.layer = {lay.position: lay for lay in vec.layers}
+        # Two decode buffers alternate (the held slice's and the one ahead): reused,
+        # they spare a fresh allocation's page faults for every slice.
+        self.buffers: dict[int, np.ndarray[Any, Any]] = {}
+        self.pos_of = {n: lay.position for lay in vec.layers if lay.position in positions for n in lay.tensor_names}
+        seq = list(dict.fromkeys(self.pos_of[n] for n in names if n in self.pos_of))
+        self.after = dict(itertools.pairwise(seq))
+        self.held: dict[int, dict[str, torch.Tensor]] = {}
+        self.ahead: dict[int, Future[dict[str, torch.Tensor]]] = {}
+        self.slot = {p: i % 2 for i, p in enumerate(seq)}
+        for q in seq[:2]:  # nothing is held yet: both buffers can fill while the target is hashed
+            self.ahead[q] = pool.submit(self._load, q)
+
+    def _load(self, p: int) -> dict[str, torch.Tensor]:
+        lay = self.layer[p]
+        slot = self.slot[p]
+        buf = self.buffers.get(slot)
+        want = self.ops.store.raw_size(lay.blob) or 0  # a bad blob fails in load_slice
+        if want and (buf is None or buf.size < want):
+            self.buffers[slot] = buf = np.empty(want, dtype=np.uint8)
+        return self.ops.load_slice(self.vec, lay, into=buf)
+
+    def lookup(self, lam: dict[int, float]) -> Callable[[str], tuple[float, torch.Tensor] | None]:
+        """name -> (λ, v) for patched tensors, None for the others."""
+
+        def get(name: str) -> tuple[float, torch.Tensor] | None:
+            p = self.pos_of.get(name)
+            if p is None:
+                return None
+            if p not in self.held:
+                self.held.clear()
+                fut = self.ahead.pop(p, None)
+                nxt = self.after.get(p)
+                # Anything decoding ahead but the next slice (p came out of the expected
+                # order) must finish before its buffer can be reused.
+                wait([f for q, f in self.ahead.items() if q != nxt and not f.cancel()])
+                self.ahead = {q: f for q, f in self.ahead.items() if q == nxt}
+                self.held[p] = fut.result() if fut is not None else self._load(p)
+                if nxt is not None and nxt not in self.ahead:
+                    self.ahead[nxt] = self.pool.submit(self._load, nxt)
+            return lam[p], self.held[p][name]
+
+        return get
 
 
 @dataclass(frozen=True)
@@ -338,10 +395,20 @@ class PipelineOps(VectorOps):
         ck = Checkpoint(target)
         self._fit_check(vec, ck)
         out_path = Path(out)
+        positions = select_positions(vec, layers)
+        with ThreadPoolExecutor(1, thread_name_prefix="safegene-slice") as pool:
+            # The first slice decodes (a worker) while the target is hashed here.
+            feed = _SliceFeed(self, vec, positions, ck.names(), pool)
+            return self._patch(vec, ck, out_path, feed, positions, coefficients=coefficients, shots=shots,
+                               settings=settings, force=force, device=device, progress=progress)  # fmt: skip
+
+    def _patch(self, vec: VectorRecord, ck: Checkpoint, out_path: Path, feed: _SliceFeed, positions: list[int], *,
+               coefficients: str, shots: str | Path | Sequence[Probe] | None, settings: FitSettings | None,
+               force: bool, device: str, progress: Progress | None) -> PatchResult:  # fmt: skip
+        target = ck.path
         target_hash = ck.content_hash()
         if out_path.exists() and not force and not self._same_patch_meta(out_path, vec, target_hash):
             raise AlreadyExistsError(f"{out_path} already exists; choose another --out or pass --force")
-        positions = select_positions(vec, layers)
         coefs = self.coefficients_for(vec, target, coefficients, positions, shots=shots,
                                       settings=settings, device=device, progress=None,
                                       target_hash=target_hash)  # fmt: skip
@@ -378,44 +445,9 @@ class PipelineOps(VectorOps):
 
             done.append(self.transaction(tx))
 
-        with ThreadPoolExecutor(1, thread_name_prefix="safegene-slice") as pool:
-            deltas = self._slice_deltas(vec, positions, {p: coefs[key_of[p]] for p in positions}, ck.names(), pool)
-            write_patched(ck, deltas, out_path, metadata=meta, force=force, lease_dir=self.store.tmp_dir,
-                          before_rename=register, progress=progress)  # fmt: skip
+        write_patched(ck, feed.lookup({p: coefs[key_of[p]] for p in positions}), out_path, metadata=meta,
+                      force=force, lease_dir=self.store.tmp_dir, before_rename=register, progress=progress)  # fmt: skip
         return done[0]
-
-    def _slice_deltas(self, vec: VectorRecord, positions: list[int], lam: dict[int, float], names: list[str],
-                      pool: ThreadPoolExecutor) -> Callable[[str], tuple[float, torch.Tensor] | None]:  # fmt: skip
-        """name -> (λ, v), one decoded slice held at a time, the next one decoded ahead in ``pool``.
-
-        ``names``: the order the patch will ask for tensors in (a block's tensors
-        come together), which gives the order the slices are needed in.
-        """
-        pos_of = {n: lay.position for lay in vec.layers if lay.position in positions for n in lay.tensor_names}
-        seq = list(dict.fromkeys(pos_of[n] for n in names if n in pos_of))
-        after = dict(itertools.pairwise(seq))
-        held: dict[int, dict[str, torch.Tensor]] = {}
-        ahead: dict[int, Future[dict[str, torch.Tensor]]] = {}
-
-        def load(p: int) -> dict[str, torch.Tensor]:
-            return self.load_vector_slices(vec, positions=[p])[p]
-
-        def lookup(name: str) -> tuple[float, torch.Tensor] | None:
-            p = pos_of.get(name)
-            if p is None:
-                return None
-            if p not in held:
-                held.clear()
-                fut = ahead.pop(p, None)
-                held[p] = fut.result() if fut is not None else load(p)
-                for stale in ahead.values():
-                    stale.cancel()
-                ahead.clear()
-                if p in after:
-                    ahead[after[p]] = pool.submit(load, after[p])
-            return lam[p], held[p][name]
-
-        return lookup
 
     @staticmethod
     def _same_patch_meta(out: Path, vec: VectorRecord, target_hash: str) -> bool:

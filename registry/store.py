@@ -27,6 +27,9 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from . import codec as _codec
 from ._faults import crashpoint
@@ -161,8 +164,13 @@ class BlobStore:
             head = fh.read(5)
         return BlobInfo(sha, _codec_name(head), raw_size, path.stat().st_size)
 
-    def get(self, sha: str, *, max_size: int | None = None) -> bytes | bytearray | memoryview:
+    def get(self, sha: str, *, max_size: int | None = None,
+            into: np.ndarray[Any, Any] | None = None) -> bytes | bytearray | memoryview:  # fmt: skip
         """Read, decode and verify one blob (a writable memoryview for byte-grouped blobs: no copy).
+
+        ``into``: a uint8 array to decode a byte-grouped blob into when it is large
+        enough (the result is then a view of it): reusing one buffer spares the
+        page faults of a fresh allocation per blob.
 
         Raises:
             IntegrityCheckError: missing blob, undecodable bytes or a hash mismatch.
@@ -175,7 +183,7 @@ class BlobStore:
                 f"blob {sha[:12]} is missing from the store; run `safegene verify`"
             ) from None
         try:
-            payload = _codec.decode(stored, max_size=max_size)
+            payload = _codec.decode(stored, max_size=max_size, into=into)
         except IntegrityCheckError as exc:
             raise IntegrityCheckError(f"blob {sha[:12]} is corrupt: {exc}") from None
         actual = sha256_hex(payload)
@@ -184,6 +192,14 @@ class BlobStore:
                 f"blob {sha[:12]} is corrupt: its content hashes to {actual[:12]}"
             )
         return payload
+
+    def raw_size(self, sha: str) -> int | None:
+        """The payload size a blob's header states, without decoding it (None: missing or not a blob)."""
+        try:
+            with open(self.path_for(sha), "rb") as fh:
+                return _codec.header_raw_size(fh.read(_codec.HEADER_SIZE))
+        except FileNotFoundError:
+            return None
 
     def delete(self, sha: str) -> None:
         self.path_for(sha).unlink(missing_ok=True)

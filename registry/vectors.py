@@ -26,6 +26,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, aliased
@@ -425,14 +426,16 @@ class VectorOps(RegistryCore):
 
     def load_vector_slices(self, vec: VectorRecord, *, positions: list[int] | None = None) -> dict[int, dict[str, torch.Tensor]]:
         """Fetch (and verify) the slices at ``positions`` (default: all) as fp32 tensors."""
-        out: dict[int, dict[str, torch.Tensor]] = {}
-        for lay in vec.layers:
-            if positions is None or lay.position in positions:
-                tensors = decode_slice(self.store.get(lay.blob))
-                if sorted(tensors) != sorted(lay.tensor_names):
-                    raise InvalidInputError(f"slice {lay.label} of {vec.name} holds unexpected tensors")
-                out[lay.position] = {k: t.to(torch.float32) for k, t in tensors.items()}
-        return out
+        return {lay.position: self.load_slice(vec, lay) for lay in vec.layers
+                if positions is None or lay.position in positions}  # fmt: skip
+
+    def load_slice(self, vec: VectorRecord, lay: LayerRecord, *,
+                   into: np.ndarray[Any, Any] | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
+        """One slice's tensors as fp32 (``into``: see :meth:`BlobStore.get`; the tensors may view it)."""
+        tensors = decode_slice(self.store.get(lay.blob, into=into))
+        if sorted(tensors) != sorted(lay.tensor_names):
+            raise InvalidInputError(f"slice {lay.label} of {vec.name} holds unexpected tensors")
+        return {k: t.to(torch.float32) for k, t in tensors.items()}
 
     def remove_vector(self, ref: str) -> VectorRecord:
         """Remove a vector from the catalog (its blobs stay until `gc`)."""

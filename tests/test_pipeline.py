@@ -153,6 +153,29 @@ def test_patch_matches_in_memory_application(world_reg: Registry, quick_world: T
     assert not [p for p in out.parent.iterdir() if ".partial-" in p.name]
 
 
+def test_patch_streams_bf16_and_mixed_dtype_targets_exactly(world_reg: Registry, quick_world: ToyWorld,
+                                                             tmp_path: Path) -> None:  # fmt: skip
+    """bf16 weights (chunked path) and an fp32 tensor among them: shards are then written out of name order,
+    so the slices are asked for out of order and the output hash is read back; bits equal whole-tensor math."""
+    src = quick_world.task_model(quick_world.tasks[0])
+    target = tmp_path / "bf16-target"
+    shutil.copytree(src, target, ignore=shutil.ignore_patterns("*.safetensors", "*.index.json"))
+    tensors = {n: t.to(torch.bfloat16) for n, t in load_file(next(src.glob("*.safetensors"))).items()}
+    blocks = sorted(n for n in tensors if ".layers." in n and tensors[n].dim() == 2)
+    tensors[blocks[len(blocks) // 2]] = tensors[blocks[len(blocks) // 2]].float()  # one fp32 matrix mid-model
+    save_file(tensors, target / "model.safetensors")
+    out = tmp_path / "patched-bf16"
+    res = world_reg.patch(target, "safety", out, coefficients="uniform:0.5", layers="all")
+    vec = world_reg.get_vector("safety")
+    v = {n: t for sl in world_reg.load_vector_slices(vec).values() for n, t in sl.items()}
+    got = load_file(out / "model.safetensors")
+    assert sorted(got) == sorted(tensors)
+    for n, w in tensors.items():
+        want = (w.to(torch.float32) + 0.5 * v[n]).to(w.dtype) if n in v else w
+        assert got[n].dtype == w.dtype and torch.equal(got[n], want), n
+    assert res.hash == Checkpoint(out).content_hash()
+
+
 def test_identify_survives_stripped_metadata(world_reg: Registry, quick_world: ToyWorld, tmp_path: Path) -> None:
     target = quick_world.task_model(quick_world.tasks[0])
     res = world_reg.patch(target, "safety", tmp_path / "p", coefficients="uniform:0.7", layers="all")
