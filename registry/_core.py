@@ -206,7 +206,12 @@ class RegistryCore:
         path = record_path or ck.ckpt.path
         fam = get_or_create_family(session, ck.key, ck.manifest_hash, ck.ckpt.names())
         final = ck.name or free_name(session, default_name(path), ck.digest)
-        if ck.name and session.scalar(select(m.Checkpoint.id).where(m.Checkpoint.name == ck.name)):
+        named = session.scalar(select(m.Checkpoint).where(m.Checkpoint.name == ck.name)) if ck.name else None
+        if named is not None and named.hash == ck.digest:
+            # Registered under this very name by a concurrent writer that committed
+            # between the hash lookup above and this one (READ COMMITTED): the same row.
+            return self._checkpoint_record(session, named)
+        if named is not None:
             raise AlreadyExistsError(
                 f"checkpoint name {ck.name!r} is taken by another checkpoint; choose another --name"
             )

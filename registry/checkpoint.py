@@ -335,10 +335,14 @@ class ContentHasher:
             while self._next < len(self._names):
                 self._from_file(self._names[self._next])
         finally:
-            for fd in self._fds.values():
-                os.close(fd)
-            self._fds.clear()
+            self.close()
         return self._h.hexdigest()
+
+    def close(self) -> None:
+        """Close the files opened for skipped tensors (:meth:`hexdigest` does it too)."""
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
 
     def _settle(self) -> None:
         if self._owed:

@@ -89,6 +89,7 @@ class Codec(abc.ABC):
 
     def encode_parts(self, payload: Buffer, *, skip: int = 0, width: int = 1, level: int | None = None) -> list[bytes]:
         """:meth:`encode`'s bytes as consecutive parts (header, then each frame with its length)."""
+        payload = memoryview(payload).cast("B")  # sizes and slices in bytes, whatever the buffer's format
         makers = self.segment_makers(payload, skip=skip, width=width)
 
         def compressor(threads: int = 0) -> zstandard.ZstdCompressor:
@@ -298,17 +299,6 @@ def encode_parts(payload: Buffer, *, skip: int = 0, width: int = 1,
     if c.name == "zstd":
         width, skip = 1, 0
     return c.name, c.encode_parts(payload, skip=skip, width=width)
-
-
-def header_raw_size(head: Buffer) -> int | None:
-    """The payload size a blob's header states (None when ``head`` is not a blob header)."""
-    if len(head) < _HEADER.size:
-        return None
-    magic, _, _, _, _, raw_size, _ = _HEADER.unpack_from(head)
-    return int(raw_size) if magic == MAGIC else None
-
-
-HEADER_SIZE = _HEADER.size
 
 
 def decode(stored: Buffer, *, max_size: int | None = None, into: np.ndarray[Any, Any] | None = None) -> Buffer:

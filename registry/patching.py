@@ -137,13 +137,11 @@ def write_patched(
     return out
 
 
-def _write_shards(target: Checkpoint, lookup: Callable[[str], tuple[float, torch.Tensor] | None], tmp: Path,
-                  metadata: dict[str, str], shard_bytes: int,
-                  progress: Callable[[int, int], None] | None) -> tuple[list[tuple[str, list[str]]], str | None]:  # fmt: skip
-    names = target.names()
+def _plan_shards(target: Checkpoint, shard_bytes: int) -> tuple[list[str], list[list[str]], list[list[str]]]:
+    """(file names, tensor names per shard, the order each shard is written in)."""
     groups: list[list[str]] = [[]]
     size = 0
-    for n in names:
+    for n in target.names():
         nbytes = target.tensors[n].nbytes
         if groups[-1] and size + nbytes > shard_bytes:
             groups.append([])
@@ -153,6 +151,19 @@ def _write_shards(target: Checkpoint, lookup: Callable[[str], tuple[float, torch
     files = (["model.safetensors"] if len(groups) == 1
              else [f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors" for i in range(len(groups))])  # fmt: skip
     orders = [sorted(g, key=lambda n: (-DTYPE_SIZES[target.tensors[n].dtype], n)) for g in groups]  # safetensors' order
+    return files, groups, orders
+
+
+def write_order(target: Checkpoint, shard_bytes: int = DEFAULT_SHARD_BYTES) -> list[str]:
+    """The order :func:`write_patched` asks its lookup for the target's tensors in."""
+    return [n for order in _plan_shards(target, shard_bytes)[2] for n in order]
+
+
+def _write_shards(target: Checkpoint, lookup: Callable[[str], tuple[float, torch.Tensor] | None], tmp: Path,
+                  metadata: dict[str, str], shard_bytes: int,
+                  progress: Callable[[int, int], None] | None) -> tuple[list[tuple[str, list[str]]], str | None]:  # fmt: skip
+    names = target.names()
+    files, groups, orders = _plan_shards(target, shard_bytes)
     # The output has the target's names, dtypes and shapes: when the shards are
     # written in name order (one dtype width, the usual case), the output's content
     # hash is computed from the bytes as they are written, not read back.
@@ -239,8 +250,11 @@ class _ShardWriter:
         self.unsynced += len(data)
         if self.unsynced >= self._WRITEBACK and hasattr(os, "posix_fadvise"):
             fh.flush()
-            os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
             self.unsynced = 0
+            try:
+                os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+            except OSError:
+                pass  # only a hint: the final fsync makes the file durable either way
 
     def _copy(self, fh: Any, n: str) -> None:
         info = self.target.tensors[n]
@@ -251,6 +265,8 @@ class _ShardWriter:
     def _patch_chunked(self, fh: Any, n: str, lam: float, v: torch.Tensor) -> None:
         info = self.target.tensors[n]
         dt, es = _TORCH_DTYPES[info.dtype], DTYPE_SIZES[info.dtype]
+        if v.numel() != info.numel:
+            raise InvalidInputError(f"the vector's {n} has {v.numel()} values, the target's {info.numel}")
         flat = v.reshape(-1)
         for s in range(0, info.numel, self._CHUNK):
             k = min(self._CHUNK, info.numel - s)

@@ -30,7 +30,7 @@ from .errors import (
     RegistryError,
 )
 from .family import compatibility_reasons, family_key, manifest_hash
-from .patching import read_patch_metadata, write_patched
+from .patching import read_patch_metadata, write_order, write_patched
 from .probes import Probe, load_probes, probes_hash
 from .recalibrate import FitSettings, encode_shots, fit_coefficients, score_layers
 from .records import AuditRecord, VectorRecord
@@ -80,6 +80,9 @@ class _SliceFeed:
                  pool: ThreadPoolExecutor) -> None:  # fmt: skip
         self.ops, self.vec, self.pool = ops, vec, pool
         self.layer = {lay.position: lay for lay in vec.layers}
+        shas = sorted({lay.blob for lay in vec.layers if lay.position in positions})
+        rows = ops.read(lambda s: s.execute(select(m.Blob.sha256, m.Blob.raw_size).where(m.Blob.sha256.in_(shas))).all())
+        self.raw_size: dict[str, int] = {sha: size for sha, size in rows}
         # Two decode buffers alternate (the held slice's and the one ahead): reused,
         # they spare a fresh allocation's page faults for every slice.
         self.buffers: dict[int, np.ndarray[Any, Any]] = {}
@@ -96,10 +99,10 @@ class _SliceFeed:
         lay = self.layer[p]
         slot = self.slot[p]
         buf = self.buffers.get(slot)
-        want = self.ops.store.raw_size(lay.blob) or 0  # a bad blob fails in load_slice
-        if want and (buf is None or buf.size < want):
+        want = self.raw_size[lay.blob]  # from the catalog, not the blob's own header
+        if buf is None or buf.size < want:
             self.buffers[slot] = buf = np.empty(want, dtype=np.uint8)
-        return self.ops.load_slice(self.vec, lay, into=buf)
+        return self.ops.load_slice(self.vec, lay, into=buf, max_size=want)
 
     def lookup(self, lam: dict[int, float]) -> Callable[[str], tuple[float, torch.Tensor] | None]:
         """name -> (λ, v) for patched tensors, None for the others."""
@@ -398,7 +401,7 @@ class PipelineOps(VectorOps):
         positions = select_positions(vec, layers)
         with ThreadPoolExecutor(1, thread_name_prefix="safegene-slice") as pool:
             # The first slice decodes (a worker) while the target is hashed here.
-            feed = _SliceFeed(self, vec, positions, ck.names(), pool)
+            feed = _SliceFeed(self, vec, positions, write_order(ck), pool)
             return self._patch(vec, ck, out_path, feed, positions, coefficients=coefficients, shots=shots,
                                settings=settings, force=force, device=device, progress=progress)  # fmt: skip
 

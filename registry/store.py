@@ -193,14 +193,6 @@ class BlobStore:
             )
         return payload
 
-    def raw_size(self, sha: str) -> int | None:
-        """The payload size a blob's header states, without decoding it (None: missing or not a blob)."""
-        try:
-            with open(self.path_for(sha), "rb") as fh:
-                return _codec.header_raw_size(fh.read(_codec.HEADER_SIZE))
-        except FileNotFoundError:
-            return None
-
     def delete(self, sha: str) -> None:
         self.path_for(sha).unlink(missing_ok=True)
 

@@ -272,15 +272,20 @@ class VectorOps(RegistryCore):
             raise InvalidInputError("no tensors fall in the chosen scope; try --scope all")
         # A folder not yet in the catalog is hashed (its identity) from the same reads
         # that build the vector, when the slices can be read in tensor-name order;
-        # otherwise it is hashed first. Either way it is registered only once the
-        # vector's blobs are stored.
+        # otherwise it is hashed on its own after them. Either way it is registered
+        # only once the vector's blobs are stored.
         order = _name_order(slices)
         hashers = (ContentHasher(a_ck) if a_rec is None and order else None,
                    ContentHasher(d_ck) if d_rec is None and order else None)  # fmt: skip
-        layers, meta = self._extract_slices(a_ck, d_ck, slices, encoding, progress,
-                                            order=order or list(range(len(slices))), hashers=hashers)  # fmt: skip
-        a_rec = a_rec or self._register_source(a_ck, "aligned", hashers[0])
-        d_rec = d_rec or self._register_source(d_ck, "degraded", hashers[1])
+        try:
+            layers, meta = self._extract_slices(a_ck, d_ck, slices, encoding, progress,
+                                                order=order or list(range(len(slices))), hashers=hashers)  # fmt: skip
+            a_rec = a_rec or self._register_source(a_ck, "aligned", hashers[0])
+            d_rec = d_rec or self._register_source(d_ck, "degraded", hashers[1])
+        finally:
+            for h in hashers:
+                if h is not None:
+                    h.close()
         meta.update(scope=scope, source_dtype=a_ck.dtype_summary(), num_blocks=a_key.num_layers,
                     source_manifest=manifest_hash(a_ck.manifest()))
         return self._register_vector(name, a_key.id, a_rec, d_rec, encoding, scope, layers, meta)
@@ -429,10 +434,10 @@ class VectorOps(RegistryCore):
         return {lay.position: self.load_slice(vec, lay) for lay in vec.layers
                 if positions is None or lay.position in positions}  # fmt: skip
 
-    def load_slice(self, vec: VectorRecord, lay: LayerRecord, *,
-                   into: np.ndarray[Any, Any] | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
-        """One slice's tensors as fp32 (``into``: see :meth:`BlobStore.get`; the tensors may view it)."""
-        tensors = decode_slice(self.store.get(lay.blob, into=into))
+    def load_slice(self, vec: VectorRecord, lay: LayerRecord, *, into: np.ndarray[Any, Any] | None = None,
+                   max_size: int | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
+        """One slice's tensors as fp32 (``into``, ``max_size``: see :meth:`BlobStore.get`; the tensors may view ``into``)."""
+        tensors = decode_slice(self.store.get(lay.blob, into=into, max_size=max_size))
         if sorted(tensors) != sorted(lay.tensor_names):
             raise InvalidInputError(f"slice {lay.label} of {vec.name} holds unexpected tensors")
         return {k: t.to(torch.float32) for k, t in tensors.items()}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -99,9 +100,14 @@ def test_extract_rejects_nan(sqlite_reg: Registry, tiny_models: dict[str, Path],
     name = next(n for n in tensors if "layers.1.mlp" in n)
     tensors[name][0, 0] = float("nan")
     save_file(tensors, bad / "model.safetensors", metadata={"format": "pt"})
+    assert sqlite_reg.count_vectors() == 0 and sqlite_reg.list_models() == []  # catalog connections opened
+    open_fds = len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else None
     with pytest.raises(InvalidInputError, match="NaN or Inf"):
         sqlite_reg.extract_vector(tiny_models["llama"], bad, name="nanvec")
     assert sqlite_reg.count_vectors() == 0
+    assert sqlite_reg.list_models() == []  # sources are registered only with their vector
+    if open_fds is not None:  # the source files opened for hashing are closed on failure too
+        assert len(os.listdir("/proc/self/fd")) == open_fds
 
 
 def test_score_stores_layer_scores(world_reg: Registry, quick_world: ToyWorld) -> None:
