@@ -305,22 +305,21 @@ class ContentHasher:
         self._buf: memoryview | None = None
 
     def begin(self, name: str) -> None:
-        self._settle()
-        while self._next < len(self._names) and self._names[self._next] != name:
-            self._from_file(self._names[self._next])
-        if self._next == len(self._names):
-            raise ValueError(f"{name} is not a later tensor of {self.ckpt.path}: tensors must come in name order")
+        self._skip_to(name)
         self._describe(name)
         self._owed = self.ckpt.tensors[name].nbytes
 
     def hash_from_file(self, name: str) -> None:
         """Hash tensor ``name`` (and any skipped before it) by reading it here."""
+        self._skip_to(name)
+        self._from_file(name)
+
+    def _skip_to(self, name: str) -> None:
         self._settle()
         while self._next < len(self._names) and self._names[self._next] != name:
             self._from_file(self._names[self._next])
         if self._next == len(self._names):
             raise ValueError(f"{name} is not a later tensor of {self.ckpt.path}: tensors must come in name order")
-        self._from_file(name)
 
     def update(self, data: bytes | bytearray | memoryview) -> None:
         n = memoryview(data).nbytes
@@ -362,6 +361,17 @@ class ContentHasher:
         if self._buf is None:
             self._buf = memoryview(bytearray(_HASH_CHUNK))
         _hash_range(self._h, fd, info.start, info.nbytes, self._buf)
+
+
+def pread_exact(fd: int, buf: bytearray, n: int, at: int, ck: Checkpoint, name: str) -> memoryview:
+    """Read exactly ``n`` bytes at ``at`` into ``buf``; a file that ends early is an invalid checkpoint."""
+    view, pos = memoryview(buf)[:n], 0
+    while pos < n:
+        got = os.preadv(fd, [view[pos:]], at + pos)
+        if got <= 0:
+            raise InvalidCheckpointError(ck.path, f"file ends inside {name}")
+        pos += got
+    return view
 
 
 def _hash_range(h: Any, fd: int, start: int, length: int, buf: memoryview | None = None) -> None:

@@ -23,7 +23,7 @@ import torch
 
 from ._faults import crashpoint
 from ._threads import torch_threads
-from .checkpoint import _TORCH_DTYPES, DTYPE_SIZES, Checkpoint, ContentHasher
+from .checkpoint import _TORCH_DTYPES, DTYPE_SIZES, Checkpoint, ContentHasher, pread_exact
 from .errors import AlreadyExistsError, InvalidInputError
 from .store import fsync_dir
 
@@ -230,13 +230,7 @@ class _ShardWriter:
         return self.fds[f]
 
     def _read(self, n: str, at: int, size: int) -> memoryview:
-        view, pos = memoryview(self.raw)[:size], 0
-        while pos < size:
-            got = os.preadv(self._fd(n), [view[pos:]], at + pos)
-            if got <= 0:
-                raise InvalidInputError(f"{self.target.path}: file ends inside {n}")
-            pos += got
-        return view
+        return pread_exact(self._fd(n), self.raw, size, at, self.target, n)
 
     _WRITEBACK = 64 << 20
 
@@ -283,10 +277,7 @@ class _ShardWriter:
                 self._emit(fh, acc.numpy().data.cast("B"))
             else:
                 w.copy_(acc)  # round into the read buffer: W is no longer needed
-                self._emit(fh, self._read_view(k * es))
-
-    def _read_view(self, size: int) -> memoryview:
-        return memoryview(self.raw)[:size]
+                self._emit(fh, memoryview(self.raw)[: k * es])
 
     def _patched_whole(self, n: str, lam: float, v: torch.Tensor) -> memoryview:
         w = self.target.get_tensor(n)

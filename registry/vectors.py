@@ -37,8 +37,15 @@ from ._core import PendingCheckpoint, RegistryCore, current_actor
 from ._faults import crashpoint
 from ._threads import torch_threads
 from .audit import append_event, vector_state_digest
-from .checkpoint import _TORCH_DTYPES, DTYPE_SIZES, Checkpoint, ContentHasher, tensors_from_buffer
-from .errors import AlreadyExistsError, IncompatibleError, InvalidCheckpointError, InvalidInputError
+from .checkpoint import (
+    _TORCH_DTYPES,
+    DTYPE_SIZES,
+    Checkpoint,
+    ContentHasher,
+    pread_exact,
+    tensors_from_buffer,
+)
+from .errors import AlreadyExistsError, IncompatibleError, InvalidInputError
 from .family import family_key, layer_of, manifest_hash
 from .records import CheckpointRecord, LayerRecord, VectorRecord
 
@@ -155,8 +162,8 @@ class _SliceBuilder:
         try:
             for s in range(0, out.numel(), self._CHUNK):
                 n = min(self._CHUNK, out.numel() - s)
-                a = _pread_exact(fa, self.scratch[0], n * es, ia.start + s * es, self.a_ck, name)
-                d = _pread_exact(fd, self.scratch[1], n * es, id_.start + s * es, self.d_ck, name)
+                a = pread_exact(fa, self.scratch[0], n * es, ia.start + s * es, self.a_ck, name)
+                d = pread_exact(fd, self.scratch[1], n * es, id_.start + s * es, self.d_ck, name)
                 if ha is not None:
                     ha.update(a)
                 if hd is not None:
@@ -201,15 +208,6 @@ def _name_order(slices: list[tuple[int | None, str, list[str]]]) -> list[int] | 
             return None
     return order
 
-
-def _pread_exact(fd: int, buf: bytearray, n: int, at: int, ck: Checkpoint, name: str) -> memoryview:
-    view, pos = memoryview(buf)[:n], 0
-    while pos < n:
-        got = os.preadv(fd, [view[pos:]], at + pos)
-        if got <= 0:
-            raise InvalidCheckpointError(ck.path, f"file ends inside {name}")
-        pos += got
-    return view
 
 def vector_hash(slices: list[tuple[str, str]]) -> str:
     canon = json.dumps(slices, separators=(",", ":"))
