@@ -14,31 +14,28 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import best_round_trips  # noqa: E402
+
 
 def job_zipnn(files: list[dict[str, Any]], repeats: int) -> dict[str, Any]:
     """ZipNN on the tensor bytes of each slice payload (float32), its defaults, all CPU threads."""
     from zipnn import ZipNN
 
     zpn = ZipNN(method="AUTO", input_format="byte", bytearray_dtype="float32", threads=multiprocessing.cpu_count())
-    raw = stored = 0
-    enc = dec = float("inf")
-    for _ in range(repeats):
-        t_enc = t_dec = 0.0
-        raw = stored = 0
-        for f in files:
-            payload = Path(f["path"]).read_bytes()
-            header, body = payload[: f["skip"]], payload[f["skip"] :]
-            scratch = bytearray(body)  # zipnn 0.5 reorders its input in place (even bytes objects)
-            t0 = time.perf_counter()
-            blob = zpn.compress(scratch)
-            t1 = time.perf_counter()
-            back = zpn.decompress(blob)
-            t_dec += time.perf_counter() - t1
-            t_enc += t1 - t0
-            assert bytes(back) == body, "zipnn round trip failed"
-            raw, stored = raw + len(payload), stored + len(blob) + len(header)
-        enc, dec = min(enc, t_enc), min(dec, t_dec)
-    return {"raw": raw, "stored": stored, "enc_s": enc, "dec_s": dec, "version": _version("zipnn")}
+
+    def round_trip(payload: bytes, skip: int) -> tuple[int, float, float]:
+        header, body = payload[:skip], payload[skip:]
+        scratch = bytearray(body)  # zipnn 0.5 reorders its input in place (even bytes objects)
+        t0 = time.perf_counter()
+        blob = zpn.compress(scratch)
+        t1 = time.perf_counter()
+        back = zpn.decompress(blob)
+        t2 = time.perf_counter()
+        assert bytes(back) == body, "zipnn round trip failed"
+        return len(blob) + len(header), t1 - t0, t2 - t1
+
+    return {**best_round_trips(files, repeats, round_trip), "version": _version("zipnn")}
 
 
 def _version(pkg: str) -> str:

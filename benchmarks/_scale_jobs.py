@@ -18,6 +18,9 @@ from typing import Any
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import best_round_trips  # noqa: E402
+
 
 def vm_hwm_mib() -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -96,29 +99,22 @@ def job_codec(files: list[dict[str, Any]], which: str, repeats: int) -> dict[str
 
     from registry import codec
 
-    raw = stored = 0
-    enc = dec = float("inf")
-    for _ in range(repeats):
-        t_enc = t_dec = 0.0
-        raw = stored = 0
-        for f in files:
-            payload = Path(f["path"]).read_bytes()
-            t0 = time.perf_counter()
-            if which == "registry":  # the parts the store writes (it never joins them: not timed)
-                _, parts = codec.encode_parts(payload, skip=f["skip"], width=4)
-                t1 = time.perf_counter()
-                blob = b"".join(parts)
-            else:
-                blob = zstandard.ZstdCompressor(level=3, threads=-1).compress(payload)
-                t1 = time.perf_counter()
-            t2 = time.perf_counter()
-            back = codec.decode(blob) if which == "registry" else zstandard.ZstdDecompressor().decompress(blob)
-            t_dec += time.perf_counter() - t2
-            t_enc += t1 - t0
-            assert back == payload, "round trip failed"
-            raw, stored = raw + len(payload), stored + len(blob)
-        enc, dec = min(enc, t_enc), min(dec, t_dec)
-    return {"raw": raw, "stored": stored, "enc_s": enc, "dec_s": dec}
+    def round_trip(payload: bytes, skip: int) -> tuple[int, float, float]:
+        t0 = time.perf_counter()
+        if which == "registry":  # the parts the store writes (it never joins them: not timed)
+            _, parts = codec.encode_parts(payload, skip=skip, width=4)
+            t1 = time.perf_counter()
+            blob = b"".join(parts)
+        else:
+            blob = zstandard.ZstdCompressor(level=3, threads=-1).compress(payload)
+            t1 = time.perf_counter()
+        t2 = time.perf_counter()
+        back = codec.decode(blob) if which == "registry" else zstandard.ZstdDecompressor().decompress(blob)
+        t3 = time.perf_counter()
+        assert bytes(back) == payload, "round trip failed"
+        return len(blob), t1 - t0, t3 - t2
+
+    return best_round_trips(files, repeats, round_trip)
 
 
 def job_patch(home: str, target: str, out: str) -> dict[str, Any]:
@@ -243,7 +239,6 @@ def job_finetune(world: str, hrr_goal: float, max_steps: int, every: int, quick:
 def job_generate(work: str, world: str, quick: bool, layers: list[int]) -> dict[str, Any]:
     """Generate the checkpoint families (in a child, so the parent's peak RSS stays small:
     a child's ru_maxrss starts from its parent's high-water mark at spawn)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     import _bigmodel as bm
 
     shape = bm.QUICK if quick else bm.FULL

@@ -132,7 +132,7 @@ class BlobStore:
         if existing is not None:
             return existing
         name, parts = _codec.encode_parts(payload, skip=skip, width=width)
-        return self.write(EncodedBlob(sha, name, len(payload), parts))
+        return self._write_new(EncodedBlob(sha, name, len(payload), parts))
 
     def encode(self, payload: bytes | bytearray | memoryview, *, skip: int = 0, width: int = 1) -> EncodedBlob:
         """Hash and compress ``payload`` concurrently (both release the GIL); nothing is written.
@@ -148,8 +148,9 @@ class BlobStore:
     def write(self, blob: EncodedBlob) -> BlobInfo:
         """Store an encoded blob under its name (idempotent: an existing blob is kept)."""
         existing = self._existing(blob.sha256, blob.raw_size)
-        if existing is not None:
-            return existing
+        return existing if existing is not None else self._write_new(blob)
+
+    def _write_new(self, blob: EncodedBlob) -> BlobInfo:
         path = self.path_for(blob.sha256)
         self.ensure()
         path.parent.mkdir(exist_ok=True)
