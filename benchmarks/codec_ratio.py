@@ -43,7 +43,7 @@ def measure(a: Checkpoint, b: Checkpoint, dtype: torch.dtype) -> dict[str, float
         assert bytes(back) == payload  # outside the timing: comparing a memoryview is slow
         t_enc += t1 - t0
         _, p = codec.encode(payload, codec="zstd")
-        g3 = codec.CODECS["zstd-bytegroup"].encode(payload, skip=payload_skip(payload), width=width, level=codec.LEVEL)
+        g3 = codec.CODECS["zstd-bytegroup-v2"].encode(payload, skip=payload_skip(payload), width=width, level=codec.LEVEL)
         raw, grouped, plain = raw + len(payload), grouped + len(g), plain + len(p)
         grouped3 += len(g3)
     return {"raw": raw, "bytegroup": grouped, "bytegroup_l3": grouped3, "plain": plain,

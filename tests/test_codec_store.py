@@ -37,8 +37,34 @@ def test_round_trip_is_bit_exact(dtype_name: str, bits: list[int]) -> None:
     payload = _payload_from_bits(bits, dtype_name)
     skip = 8 + int.from_bytes(payload[:8], "little")
     name, stored = codec.encode(payload, skip=skip, width=DTYPES[dtype_name][2])
-    assert name == "zstd-bytegroup"
+    assert name == "zstd-bytegroup-v2"
     assert codec.decode(stored) == payload
+    # blobs of the first layout (written by earlier releases) still read
+    _, old = codec.encode(payload, skip=skip, width=DTYPES[dtype_name][2], codec="zstd-bytegroup")
+    assert old[4] == 2 and codec.decode(old) == payload
+
+
+@pytest.mark.parametrize("width", [2, 4])
+def test_v2_planes_put_the_exponent_on_top_and_the_sign_beside_the_mantissa(width: int) -> None:
+    dtype, int_dtype = (torch.float32, torch.int32) if width == 4 else (torch.bfloat16, torch.int16)
+    t = torch.tensor([-1.5, 2.0, -0.0], dtype=dtype)
+    payload = t.view(int_dtype).numpy().tobytes()
+    c = codec.CODECS["zstd-bytegroup-v2"]
+    top, second, *_ = c.split(payload, skip=0, width=width)[1:]
+    assert list(top) == [127, 128, 0]  # biased exponents of 1.5, 2, 0
+    assert [b >> 7 for b in second] == [1, 0, 1]  # the signs
+    assert [b & 0x7F for b in second] == [0x40, 0, 0]  # 1.5's top mantissa bit
+
+
+def test_v2_stores_a_delta_of_bf16_checkpoints_smaller_than_v1() -> None:
+    """Such a delta has no low mantissa bits: v1 put the random signs among those zeros."""
+    g = torch.Generator().manual_seed(2)
+    w = torch.randn(512, 512, generator=g).to(torch.bfloat16)
+    tuned = (w.float() + torch.randn(512, 512, generator=g) * 0.02).to(torch.bfloat16)
+    payload = save({"d": tuned.float() - w.float()})
+    skip = 8 + int.from_bytes(payload[:8], "little")
+    sizes = {n: len(codec.encode(payload, skip=skip, width=4, codec=n)[1]) for n in ("zstd-bytegroup", "zstd-bytegroup-v2")}
+    assert sizes["zstd-bytegroup-v2"] < 0.95 * sizes["zstd-bytegroup"], sizes
 
 
 @pytest.mark.parametrize("dtype_name", sorted(DTYPES))
@@ -74,7 +100,7 @@ def test_store_put_get_idempotent(tmp_path: Path) -> None:
     store, sha, payload = _store_one(tmp_path)
     assert store.get(sha) == payload
     again = store.put(payload, skip=8 + int.from_bytes(payload[:8], "little"), width=4)
-    assert again.sha256 == sha and again.codec == "zstd-bytegroup"
+    assert again.sha256 == sha and again.codec == "zstd-bytegroup-v2"
     assert list(store.iter_shas()) == [sha]
     assert not list((tmp_path / "store" / "tmp").iterdir())
 
@@ -136,9 +162,10 @@ def test_large_payloads_round_trip_through_the_threaded_paths(lead: int) -> None
     body = (torch.randn(3_000_001, generator=g) * 1e-3).numpy().tobytes()
     payload = b"h" * lead + body  # lead 3: the words start unaligned
     name, stored = codec.encode(payload, skip=lead, width=4)
-    assert name == "zstd-bytegroup" and len(stored) < len(payload)
+    assert name == "zstd-bytegroup-v2" and len(stored) < len(payload)
     back = codec.decode(stored)
     assert bytes(back) == payload
+    assert bytes(codec.decode(codec.encode(payload, skip=lead, width=4, codec="zstd-bytegroup")[1])) == payload
     flipped = bytearray(stored)
     flipped[len(flipped) // 2] ^= 0x10
     with pytest.raises(IntegrityCheckError):
