@@ -36,6 +36,7 @@ from __future__ import annotations
 import abc
 import functools
 import hashlib
+import itertools
 import os
 import struct
 from collections.abc import Callable, Iterable
@@ -60,6 +61,33 @@ _CHUNK_WORDS = 1 << 18  # 1 MiB of fp32 words: the shift buffer stays in cache
 Buffer = bytes | bytearray | memoryview
 
 
+class Scratch:
+    """Reusable buffers for decoding one blob at a time: its stored bytes, its planes, its payload.
+
+    A blob decoded with a scratch is a view of the scratch, valid until the same
+    scratch decodes the next one. Reusing the buffers spares a fresh allocation's
+    page faults for every blob (and lets zstd decompress straight into place).
+    """
+
+    RESULT = "payload"  # the one buffer a decoded blob views; the others are needed only while decoding
+
+    def __init__(self, *, transient_from: Scratch | None = None) -> None:
+        """``transient_from``: take the buffers needed only while decoding from that scratch
+        (scratches that never decode at the same time can share them)."""
+        self._bufs: dict[str, np.ndarray[Any, Any]] = {}
+        self._transient = transient_from
+
+    def take(self, key: str, size: int) -> np.ndarray[Any, Any]:
+        """``size`` bytes of the buffer ``key`` (grown when too small; contents undefined)."""
+        if self._transient is not None and key != self.RESULT:
+            return self._transient.take(key, size)
+        buf = self._bufs.get(key)
+        if buf is None or buf.size < size:
+            self._bufs.pop(key, None)  # free the old one before the larger one is made
+            self._bufs[key] = buf = np.empty(size, dtype=np.uint8)
+        return buf[:size]
+
+
 class Codec(abc.ABC):
     """Turns a payload into stored bytes and back, losslessly."""
 
@@ -71,9 +99,9 @@ class Codec(abc.ABC):
         """Reversible split of the payload into segments compressed separately."""
 
     @abc.abstractmethod
-    def join(self, segments: list[bytes], *, skip: int, width: int, pool: ThreadPoolExecutor | None = None,
-             into: np.ndarray[Any, Any] | None = None) -> Buffer:  # fmt: skip
-        """Inverse of :meth:`split` (``pool``: threads it may use; ``into``: a reusable uint8 buffer for the result)."""
+    def join(self, segments: list[Buffer], *, skip: int, width: int, pool: ThreadPoolExecutor | None = None,
+             scratch: Scratch | None = None) -> Buffer:  # fmt: skip
+        """Inverse of :meth:`split` (``pool``: threads it may use; ``scratch``: where the result may go)."""
 
     @abc.abstractmethod
     def segment_sizes(self, raw_size: int, *, skip: int, width: int) -> list[int]:
@@ -139,7 +167,7 @@ class Codec(abc.ABC):
         return parts
 
     def decode_body(self, body: Buffer, *, raw_size: int, skip: int, width: int, digest: bytes | None = None,
-                    flags: int = FLAG_SHA256, into: np.ndarray[Any, Any] | None = None) -> Buffer:  # fmt: skip
+                    flags: int = FLAG_SHA256, scratch: Scratch | None = None) -> Buffer:  # fmt: skip
         """Decode a blob body; when ``digest`` is given it is checked, concurrently with decompression."""
         frames, pos = [], 0
         view = memoryview(body)
@@ -155,19 +183,31 @@ class Codec(abc.ABC):
             pos += _LEN.size + n
         if pos != len(body):
             raise IntegrityCheckError("blob body has trailing bytes")
+        area = None
+        if scratch is not None and self._segments_are_scratch and all(map(_states_size, frames, sizes)):
+            # Segments decompress into place, into the scratch's segment buffer (the
+            # codec rebuilds the payload from them; they are not returned). Only
+            # when every frame states the size the header gives it: nothing is
+            # allocated on the header's word alone.
+            area = scratch.take("segments", sum(sizes))
+        offsets = list(itertools.accumulate(sizes, initial=0))
+        dests = [area[o : o + n] if area is not None else None for o, n in zip(offsets, sizes, strict=False)]
         if len(frames) > 1 and raw_size >= _THREADS_MIN_BYTES:
             # The body digest runs beside the frames' decompression (hashlib and zstd
             # release the GIL); nothing decoded is returned before it is checked.
             with ThreadPoolExecutor(_WORKERS, thread_name_prefix="safegene-codec") as pool:
                 checked = pool.submit(_check_digest, view, digest, flags) if digest is not None else None
-                segments = list(pool.map(_decompress_capped, frames, sizes))
+                segments = list(pool.map(_decompress_capped, frames, sizes, dests))
                 if checked is not None:
                     checked.result()
-                return self.join(segments, skip=skip, width=width, pool=pool, into=into)
+                return self.join(segments, skip=skip, width=width, pool=pool, scratch=scratch)
         if digest is not None:
             _check_digest(view, digest, flags)
-        segments = [_decompress_capped(f, n) for f, n in zip(frames, sizes, strict=True)]
-        return self.join(segments, skip=skip, width=width, into=into)
+        segments = [_decompress_capped(f, n, d) for f, n, d in zip(frames, sizes, dests, strict=True)]
+        return self.join(segments, skip=skip, width=width, scratch=scratch)
+
+    # True when join() copies the segments into a new payload (they may live in a scratch).
+    _segments_are_scratch = False
 
 
 class ZstdCodec(Codec):
@@ -179,8 +219,8 @@ class ZstdCodec(Codec):
     def split(self, payload: bytes, *, skip: int, width: int) -> list[bytes]:
         return [payload]
 
-    def join(self, segments: list[bytes], *, skip: int, width: int, pool: ThreadPoolExecutor | None = None,
-             into: np.ndarray[Any, Any] | None = None) -> Buffer:  # fmt: skip
+    def join(self, segments: list[Buffer], *, skip: int, width: int, pool: ThreadPoolExecutor | None = None,
+             scratch: Scratch | None = None) -> Buffer:  # fmt: skip
         return segments[0]
 
     def segment_sizes(self, raw_size: int, *, skip: int, width: int) -> list[int]:
@@ -212,6 +252,7 @@ class ByteGroupedZstdCodec(Codec):
 
     # The word's bit layout: True, the top 9 bits rotated (v2); False, the whole word rotated (v1).
     _sign_beside_mantissa = False
+    _segments_are_scratch = True
 
     def split(self, payload: bytes, *, skip: int, width: int) -> list[bytes]:
         return [bytes(make()) for make in self.segment_makers(payload, skip=skip, width=width)]
@@ -223,15 +264,15 @@ class ByteGroupedZstdCodec(Codec):
         plane = _plane_v2 if self._sign_beside_mantissa else _plane
         return makers + [functools.partial(plane, words, k, width) for k in reversed(range(width))]
 
-    def join(self, segments: list[bytes], *, skip: int, width: int, pool: ThreadPoolExecutor | None = None,
-             into: np.ndarray[Any, Any] | None = None) -> Buffer:  # fmt: skip
+    def join(self, segments: list[Buffer], *, skip: int, width: int, pool: ThreadPoolExecutor | None = None,
+             scratch: Scratch | None = None) -> Buffer:  # fmt: skip
         # Returns a writable memoryview of bytes (no final copy). Words are rebuilt from the planes
         # chunk by chunk in cache, ranges of chunks in parallel when a pool is given.
         n = len(segments[1]) if len(segments) > 1 else 0
         # np.empty, not bytearray(size): bytearray zero-fills every page in this
         # thread first; here each worker faults in the pages it writes.
         size = skip + n * width
-        out = into[:size] if into is not None and into.size >= size else np.empty(size, dtype=np.uint8)
+        out = scratch.take(Scratch.RESULT, size) if scratch is not None else np.empty(size, dtype=np.uint8)
         out[:skip] = np.frombuffer(segments[0], dtype=np.uint8)
         words = out[skip:].view(_UINT[width])
         planes = [np.frombuffer(p, dtype=np.uint8) for p in reversed(segments[1:])]  # low byte first
@@ -370,12 +411,13 @@ def encode_parts(payload: Buffer, *, skip: int = 0, width: int = 1,
     return c.name, c.encode_parts(payload, skip=skip, width=width)
 
 
-def decode(stored: Buffer, *, max_size: int | None = None, into: np.ndarray[Any, Any] | None = None) -> Buffer:
+def decode(stored: Buffer, *, max_size: int | None = None, scratch: Scratch | None = None) -> Buffer:
     """Decode a stored blob (self-describing header): ``bytes``, or a writable byte memoryview when byte-grouped.
 
     Args:
         stored: the bytes of a blob file.
-        max_size: refuse a header claiming more raw bytes than this.
+        max_size: refuse a header claiming more raw bytes than this (checked before anything is allocated).
+        scratch: reusable buffers; a byte-grouped result is then a view of it.
 
     Raises:
         IntegrityCheckError: bad magic, unknown codec, a size that lies.
@@ -391,7 +433,7 @@ def decode(stored: Buffer, *, max_size: int | None = None, into: np.ndarray[Any,
     if isinstance(_BY_ID[cid], ByteGroupedZstdCodec) != (width > 1) or (width > 1 and (raw_size - skip) % width):
         raise IntegrityCheckError("blob header width does not fit its codec and size")
     return _BY_ID[cid].decode_body(body, raw_size=raw_size, skip=skip, width=width, digest=digest, flags=flags,
-                                   into=into)  # fmt: skip
+                                   scratch=scratch)  # fmt: skip
 
 
 def _digest(body: Buffer, flags: int) -> bytes:
@@ -405,7 +447,13 @@ def _check_digest(body: Buffer, digest: bytes, flags: int) -> None:
         raise IntegrityCheckError("blob body does not match its recorded digest")
 
 
-def _decompress_capped(body: Buffer, raw_size: int) -> bytes:
+def _decompress_capped(body: Buffer, raw_size: int, dest: np.ndarray[Any, Any] | None = None) -> Buffer:
+    """Decompress one frame of exactly ``raw_size`` bytes, into ``dest`` when given (else a fresh buffer).
+
+    zstd writes into the destination and can never write past it; one more
+    read must then find the frame's end, so a frame that yields more or fewer
+    bytes than the header says is refused without being inflated.
+    """
     try:
         params = zstandard.get_frame_parameters(body)
     except zstandard.ZstdError as exc:
@@ -414,26 +462,56 @@ def _decompress_capped(body: Buffer, raw_size: int) -> bytes:
         raise IntegrityCheckError(
             f"zstd frame claims {params.content_size} bytes, header says {raw_size}"
         )
-    dctx = zstandard.ZstdDecompressor()
+    if dest is None and params.content_size != raw_size:
+        return _decompress_unsized(body, raw_size)
+    if dest is None:
+        # Nowhere given to decompress into, and the frame states the expected size:
+        # one exact-size allocation, and zstd itself fails on more or fewer bytes.
+        try:
+            data = zstandard.ZstdDecompressor().decompress(body, max_output_size=raw_size)
+        except zstandard.ZstdError as exc:
+            raise IntegrityCheckError(f"blob body does not decompress: {exc}") from None
+        if len(data) != raw_size:
+            raise IntegrityCheckError(f"blob decompressed to {len(data)} bytes, expected {raw_size}")
+        return data
+    view, got = dest.data, 0
     try:
-        if params.content_size == raw_size:
-            # The frame states its size and it is the expected one: one exact-size
-            # allocation, and zstd itself fails if the frame produces more or less.
-            data = dctx.decompress(body, max_output_size=raw_size)
-            if len(data) != raw_size:
-                raise IntegrityCheckError(f"blob decompressed to {len(data)} bytes, expected {raw_size}")
-            return data
-        reader = dctx.stream_reader(body, read_across_frames=False)
-        chunks, got = [], 0
+        reader = zstandard.ZstdDecompressor().stream_reader(body, read_across_frames=False, read_size=1 << 20)
+        while got < raw_size:
+            n = reader.readinto(view[got:])
+            if not n:
+                break
+            got += n
+        extra = reader.read(1)
+    except zstandard.ZstdError as exc:
+        raise IntegrityCheckError(f"blob body does not decompress: {exc}") from None
+    if got != raw_size or extra:
+        raise IntegrityCheckError(f"blob decompressed to {'more than ' if extra else ''}{got} bytes, expected {raw_size}")
+    return view
+
+
+def _states_size(frame: Buffer, size: int) -> bool:
+    try:
+        return bool(zstandard.get_frame_parameters(frame).content_size == size)
+    except zstandard.ZstdError:
+        return False
+
+
+def _decompress_unsized(body: Buffer, raw_size: int) -> bytes:
+    # A frame that does not state its size (not written by this codec): read it in
+    # chunks and stop one byte past the expected size, so memory grows only with
+    # what the frame really yields.
+    reader = zstandard.ZstdDecompressor().stream_reader(body, read_across_frames=False)
+    chunks, got = [], 0
+    try:
         while got <= raw_size:
             chunk = reader.read(min(raw_size + 1 - got, 64 << 20))
             if not chunk:
                 break
             chunks.append(chunk)
             got += len(chunk)
-        data = b"".join(chunks)
     except zstandard.ZstdError as exc:
         raise IntegrityCheckError(f"blob body does not decompress: {exc}") from None
-    if len(data) != raw_size:
-        raise IntegrityCheckError(f"blob decompressed to {len(data)} bytes, expected {raw_size}")
-    return data
+    if got != raw_size:
+        raise IntegrityCheckError(f"blob decompressed to {got} bytes, expected {raw_size}")
+    return b"".join(chunks)

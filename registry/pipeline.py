@@ -12,7 +12,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
@@ -22,6 +21,7 @@ from ._catalog import resolve_vector
 from ._core import PendingCheckpoint, current_actor
 from .audit import append_event, canonical_json, new_uid, vector_state_digest
 from .checkpoint import Checkpoint
+from .codec import Scratch
 from .errors import (
     AlreadyExistsError,
     EventNotFoundError,
@@ -71,6 +71,8 @@ class Candidate:
 class _SliceFeed:
     """A patch's decoded vector slices: one held, the next decoded ahead in ``pool`` (two at first).
 
+    ``pool`` has one worker: every slice decodes there, one at a time.
+
     ``names``: the order the patch asks for tensors in (a block's tensors come
     together), which gives the order the slices are needed in. The first one
     starts decoding at once.
@@ -83,9 +85,11 @@ class _SliceFeed:
         shas = sorted({lay.blob for lay in vec.layers if lay.position in positions})
         rows = ops.read(lambda s: s.execute(select(m.Blob.sha256, m.Blob.raw_size).where(m.Blob.sha256.in_(shas))).all())
         self.raw_size: dict[str, int] = {sha: size for sha, size in rows}
-        # Two decode buffers alternate (the held slice's and the one ahead): reused,
-        # they spare a fresh allocation's page faults for every slice.
-        self.buffers: dict[int, np.ndarray[Any, Any]] = {}
+        # Two decode scratches alternate (the held slice's and the one ahead): reused,
+        # they spare fresh allocations' page faults for every slice. Slices decode one
+        # at a time (one worker), so the buffers needed only while decoding are shared.
+        transient = Scratch()
+        self.scratch = {0: Scratch(transient_from=transient), 1: Scratch(transient_from=transient)}
         self.pos_of = {n: lay.position for lay in vec.layers if lay.position in positions for n in lay.tensor_names}
         seq = list(dict.fromkeys(self.pos_of[n] for n in names if n in self.pos_of))
         self.after = dict(itertools.pairwise(seq))
@@ -97,12 +101,9 @@ class _SliceFeed:
 
     def _load(self, p: int) -> dict[str, torch.Tensor]:
         lay = self.layer[p]
-        slot = self.slot[p]
-        buf = self.buffers.get(slot)
-        want = self.raw_size[lay.blob]  # from the catalog, not the blob's own header
-        if buf is None or buf.size < want:
-            self.buffers[slot] = buf = np.empty(want, dtype=np.uint8)
-        return self.ops.load_slice(self.vec, lay, into=buf, max_size=want)
+        # max_size from the catalog: a blob whose header claims more is refused before any allocation.
+        return self.ops.load_slice(self.vec, lay, scratch=self.scratch[self.slot[p]],
+                                   max_size=self.raw_size[lay.blob])  # fmt: skip
 
     def lookup(self, lam: dict[int, float]) -> Callable[[str], tuple[float, torch.Tensor] | None]:
         """name -> (λ, v) for patched tensors, None for the others."""
@@ -119,7 +120,7 @@ class _SliceFeed:
                 # order) must finish before its buffer can be reused.
                 wait([f for q, f in self.ahead.items() if q != nxt and not f.cancel()])
                 self.ahead = {q: f for q, f in self.ahead.items() if q == nxt}
-                self.held[p] = fut.result() if fut is not None else self._load(p)
+                self.held[p] = (fut if fut is not None else self.pool.submit(self._load, p)).result()
                 if nxt is not None and nxt not in self.ahead:
                     self.ahead[nxt] = self.pool.submit(self._load, nxt)
             return lam[p], self.held[p][name]

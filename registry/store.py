@@ -27,9 +27,6 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import numpy as np
 
 from . import codec as _codec
 from ._faults import crashpoint
@@ -166,25 +163,25 @@ class BlobStore:
         return BlobInfo(sha, _codec_name(head), raw_size, path.stat().st_size)
 
     def get(self, sha: str, *, max_size: int | None = None,
-            into: np.ndarray[Any, Any] | None = None) -> bytes | bytearray | memoryview:  # fmt: skip
+            scratch: _codec.Scratch | None = None) -> bytes | bytearray | memoryview:  # fmt: skip
         """Read, decode and verify one blob (a writable memoryview for byte-grouped blobs: no copy).
 
-        ``into``: a uint8 array to decode a byte-grouped blob into when it is large
-        enough (the result is then a view of it): reusing one buffer spares the
-        page faults of a fresh allocation per blob.
+        ``scratch``: reusable buffers for the stored bytes and the decoding (the
+        result is then a view of it, valid until the scratch's next blob): they
+        spare the page faults of fresh allocations for every blob.
 
         Raises:
             IntegrityCheckError: missing blob, undecodable bytes or a hash mismatch.
         """
         path = self.path_for(sha)
         try:
-            stored = path.read_bytes()
+            stored = self._read(path, scratch)
         except FileNotFoundError:
             raise IntegrityCheckError(
                 f"blob {sha[:12]} is missing from the store; run `safegene verify`"
             ) from None
         try:
-            payload = _codec.decode(stored, max_size=max_size, into=into)
+            payload = _codec.decode(stored, max_size=max_size, scratch=scratch)
         except IntegrityCheckError as exc:
             raise IntegrityCheckError(f"blob {sha[:12]} is corrupt: {exc}") from None
         actual = sha256_hex(payload)
@@ -193,6 +190,24 @@ class BlobStore:
                 f"blob {sha[:12]} is corrupt: its content hashes to {actual[:12]}"
             )
         return payload
+
+    @staticmethod
+    def _read(path: Path, scratch: _codec.Scratch | None) -> _codec.Buffer:
+        if scratch is None:
+            return path.read_bytes()
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            size = os.fstat(fd).st_size
+            buf = scratch.take("stored", size)
+            view, got = buf.data, 0
+            while got < size:
+                n = os.readv(fd, [view[got:]])
+                if not n:
+                    raise IntegrityCheckError(f"blob {path.name[:12]} shrank while it was read")
+                got += n
+            return view
+        finally:
+            os.close(fd)
 
     def delete(self, sha: str) -> None:
         self.path_for(sha).unlink(missing_ok=True)

@@ -26,7 +26,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, aliased
@@ -45,6 +44,7 @@ from .checkpoint import (
     pread_exact,
     tensors_from_buffer,
 )
+from .codec import Scratch
 from .errors import AlreadyExistsError, IncompatibleError, InvalidInputError
 from .family import family_key, layer_of, manifest_hash
 from .records import CheckpointRecord, LayerRecord, VectorRecord
@@ -432,10 +432,10 @@ class VectorOps(RegistryCore):
         return {lay.position: self.load_slice(vec, lay) for lay in vec.layers
                 if positions is None or lay.position in positions}  # fmt: skip
 
-    def load_slice(self, vec: VectorRecord, lay: LayerRecord, *, into: np.ndarray[Any, Any] | None = None,
+    def load_slice(self, vec: VectorRecord, lay: LayerRecord, *, scratch: Scratch | None = None,
                    max_size: int | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
-        """One slice's tensors as fp32 (``into``, ``max_size``: see :meth:`BlobStore.get`; the tensors may view ``into``)."""
-        tensors = decode_slice(self.store.get(lay.blob, into=into, max_size=max_size))
+        """One slice's tensors as fp32 (``scratch``, ``max_size``: see :meth:`BlobStore.get`; the tensors may view the scratch)."""
+        tensors = decode_slice(self.store.get(lay.blob, scratch=scratch, max_size=max_size))
         if sorted(tensors) != sorted(lay.tensor_names):
             raise InvalidInputError(f"slice {lay.label} of {vec.name} holds unexpected tensors")
         return {k: t.to(torch.float32) for k, t in tensors.items()}

@@ -109,16 +109,55 @@ def test_every_flipped_byte_is_detected(tmp_path: Path) -> None:
     store, sha, _ = _store_one(tmp_path)
     path = store.path_for(sha)
     original = path.read_bytes()
+    scratch = codec.Scratch()
     for pos in range(len(original)):
         flipped = bytearray(original)
         flipped[pos] ^= 0x01
         path.write_bytes(bytes(flipped))
         with pytest.raises(IntegrityCheckError):
             store.get(sha)
+        with pytest.raises(IntegrityCheckError):
+            store.get(sha, scratch=scratch)
     path.write_bytes(original)
-    store.get(sha)
+    assert store.get(sha) == store.get(sha, scratch=scratch)
 
 
+def test_a_scratch_is_reused_blob_after_blob(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path / "store")
+    g = torch.Generator().manual_seed(3)
+    payloads = [save({"w": torch.randn(n, 64, generator=g)}) for n in (300, 200, 300)]
+    shas = [store.put(p, skip=payload_skip_of(p), width=4).sha256 for p in payloads]
+    scratch = codec.Scratch()
+    first = store.get(shas[0], scratch=scratch)
+    assert bytes(first) == payloads[0]
+    for sha, payload in zip(shas[1:], payloads[1:], strict=True):
+        assert bytes(store.get(sha, scratch=scratch)) == payload
+    # the result views the scratch: the first blob's bytes were overwritten by the last one's
+    assert bytes(first) == payloads[2]
+
+
+def _grouped_blob(frames: list[bytes], raw_size: int) -> bytes:
+    body = b"".join(struct.pack("<Q", len(f)) + f for f in frames)
+    digest = hashlib.sha256(body).digest()[:16]
+    return struct.pack("<4sBBHIQ16s", codec.MAGIC, 3, 4, codec.FLAG_SHA256, 0, raw_size, digest) + body
+
+
+@pytest.mark.parametrize("lie", ["unsized", "states-its-share"])
+def test_a_plane_frame_yielding_more_than_its_share_is_refused(lie: str) -> None:
+    """With a scratch, planes decompress straight into it: a frame cannot write past its share."""
+    raw_size, share = 400, 100
+    big = zstandard.ZstdCompressor(write_content_size=lie != "unsized").compress(b"\1" * (4 << 20))
+    if lie == "states-its-share":  # rewrite the frame header's 4-byte content size to the share
+        fhd = big[4]
+        assert fhd >> 6 == 2 and not fhd & 3
+        at = 5 + (0 if fhd & 0x20 else 1)
+        big = big[:at] + struct.pack("<I", share) + big[at + 4 :]
+        assert zstandard.get_frame_parameters(big).content_size == share
+    frames = [zstandard.ZstdCompressor().compress(b""), big] + [zstandard.ZstdCompressor().compress(b"\0" * share)] * 3
+    scratch = codec.Scratch()
+    with pytest.raises(IntegrityCheckError, match="decompress"):
+        codec.decode(_grouped_blob(frames, raw_size), scratch=scratch)
+    assert all(b.size <= raw_size for b in scratch._bufs.values())  # nothing larger was ever allocated
 def test_missing_blob_is_reported(tmp_path: Path) -> None:
     store, sha, _ = _store_one(tmp_path)
     store.path_for(sha).unlink()
