@@ -61,8 +61,8 @@ def _summary(d: dict[str, Any], ok: Callable[[bool], str]) -> list[list[Any]]:
     r = d.get("recal")
     if r:
         rc, ft = r["recalibrate"], r["finetune"]
-        rows.append(["recalibration time (32 shots)", f"{_f(rc['seconds'], 1)} s",
-                     f"safety fine-tune {_f(ft['train_seconds'], 1)} s ({ft['steps']} steps, reached={ft['reached']})",
+        rows.append(["recalibration fitting time (32 shots)", f"{_f(rc['fit_seconds'], 2)} s",
+                     f"safety fine-tune {_f(ft['train_seconds'], 2)} s ({ft['steps']} steps, reached={ft['reached']})",
                      f"{100 * r['ratio']:.0f} %", "≤ 10 %", ok(r["ratio"] <= 0.10 and ft["reached"])])  # fmt: skip
     return rows
 
@@ -102,10 +102,11 @@ def _details(d: dict[str, Any], md_table: Callable[..., str]) -> str:
     if d.get("recal"):
         rc, ft = d["recal"]["recalibrate"], d["recal"]["finetune"]
         parts.append("### Recalibration vs safety fine-tuning (full toy world, llama, task-add target)\n\n" + md_table(
-            ["method", "seconds", "peak RSS MiB", "HRR before", "HRR after", "notes"],
-            [["recalibrate (λ only)", _f(rc["seconds"], 1), f"{rc['maxrss_mib']:.0f}", rc["hrr_target"],
-              rc["hrr_recalibrated"], f"{rc['shots']} shots, {rc['steps']} steps, all blocks"],
-             ["safety fine-tune (AdamW, all weights)", _f(ft["train_seconds"], 1), f"{ft['maxrss_mib']:.0f}",
+            ["method", "optimisation s", "peak RSS MiB", "HRR before", "HRR after", "notes"],
+            [["recalibrate (λ only)", _f(rc["fit_seconds"], 2), f"{rc['maxrss_mib']:.0f}", rc["hrr_target"],
+              rc["hrr_recalibrated"], f"{rc['shots']} shots, {rc['steps']} steps, all blocks; the whole "
+              f"`recalibrate` call (model load, slice decode, catalog) {_f(rc['seconds'], 1)} s"],
+             ["safety fine-tune (AdamW, all weights)", _f(ft["train_seconds"], 2), f"{ft['maxrss_mib']:.0f}",
               rc["hrr_target"], ft["hrr"], f"{ft['shots_used']} shots with answers, {ft['steps']} steps, "
               f"+{_f(ft['eval_seconds'], 1)} s of HRR checks; curve {ft['curve']}"]]))  # fmt: skip
     return "\n\n".join(parts)

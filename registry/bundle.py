@@ -531,12 +531,14 @@ def _install_blob(reg: Registry, path: Path, blob: dict[str, Any], where: tuple[
     if sha256_hex(stored) != stored_sha:  # the file changed since it was verified
         raise IntegrityCheckError(f"{path}: blob {blob['sha256'][:12]} changed while importing; nothing registered")
     sha = blob["sha256"]
-    if not reg.store.exists(sha):
-        reg.store.ensure()
-        target = reg.store.path_for(sha)
-        target.parent.mkdir(exist_ok=True)
-        atomic_write(target, stored, tmp_dir=reg.store.tmp_dir)
-    return BlobInfo(sha, blob["codec"], blob["raw_size"], blob["stored_size"])
+    if reg.store.exists(sha):
+        return BlobInfo(sha, blob["codec"], blob["raw_size"], blob["stored_size"])
+    reg.store.ensure()
+    target = reg.store.path_for(sha)
+    target.parent.mkdir(exist_ok=True)
+    atomic_write(target, stored, tmp_dir=reg.store.tmp_dir)
+    # these bytes decoded to the payload named sha when the bundle was verified
+    return BlobInfo(sha, blob["codec"], blob["raw_size"], blob["stored_size"], stored_sha)
 
 
 def _ensure_family(session: Session, fam: dict[str, Any]) -> None:

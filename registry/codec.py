@@ -411,13 +411,15 @@ def encode_parts(payload: Buffer, *, skip: int = 0, width: int = 1,
     return c.name, c.encode_parts(payload, skip=skip, width=width)
 
 
-def decode(stored: Buffer, *, max_size: int | None = None, scratch: Scratch | None = None) -> Buffer:
+def decode(stored: Buffer, *, max_size: int | None = None, scratch: Scratch | None = None,
+           check_digest: bool = True) -> Buffer:  # fmt: skip
     """Decode a stored blob (self-describing header): ``bytes``, or a writable byte memoryview when byte-grouped.
 
     Args:
         stored: the bytes of a blob file.
         max_size: refuse a header claiming more raw bytes than this (checked before anything is allocated).
         scratch: reusable buffers; a byte-grouped result is then a view of it.
+        check_digest: False only when the caller has verified the stored bytes already.
 
     Raises:
         IntegrityCheckError: bad magic, unknown codec, a size that lies.
@@ -432,8 +434,8 @@ def decode(stored: Buffer, *, max_size: int | None = None, scratch: Scratch | No
         raise IntegrityCheckError(f"blob claims {raw_size} bytes, more than the {max_size} allowed")
     if isinstance(_BY_ID[cid], ByteGroupedZstdCodec) != (width > 1) or (width > 1 and (raw_size - skip) % width):
         raise IntegrityCheckError("blob header width does not fit its codec and size")
-    return _BY_ID[cid].decode_body(body, raw_size=raw_size, skip=skip, width=width, digest=digest, flags=flags,
-                                   scratch=scratch)  # fmt: skip
+    return _BY_ID[cid].decode_body(body, raw_size=raw_size, skip=skip, width=width,
+                                   digest=digest if check_digest else None, flags=flags, scratch=scratch)  # fmt: skip
 
 
 def _digest(body: Buffer, flags: int) -> bytes:

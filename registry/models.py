@@ -84,6 +84,9 @@ class Blob(Base):
     codec: Mapped[str] = mapped_column(String(32))
     raw_size: Mapped[int] = mapped_column(BigInteger)
     stored_size: Mapped[int] = mapped_column(BigInteger)
+    # sha256 of the stored file as this catalog's store wrote it (NULL: not known,
+    # e.g. a blob that was already on disk); see BlobStore.get.
+    stored_sha256: Mapped[str | None] = mapped_column(HASH, nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

@@ -82,9 +82,7 @@ class _SliceFeed:
                  pool: ThreadPoolExecutor) -> None:  # fmt: skip
         self.ops, self.vec, self.pool = ops, vec, pool
         self.layer = {lay.position: lay for lay in vec.layers}
-        shas = sorted({lay.blob for lay in vec.layers if lay.position in positions})
-        rows = ops.read(lambda s: s.execute(select(m.Blob.sha256, m.Blob.raw_size).where(m.Blob.sha256.in_(shas))).all())
-        self.raw_size: dict[str, int] = {sha: size for sha, size in rows}
+        self.rows = ops.blob_rows([lay.blob for lay in vec.layers if lay.position in positions])
         # Two decode scratches alternate (the held slice's and the one ahead): reused,
         # they spare fresh allocations' page faults for every slice. Slices decode one
         # at a time (one worker), so the buffers needed only while decoding are shared.
@@ -101,9 +99,9 @@ class _SliceFeed:
 
     def _load(self, p: int) -> dict[str, torch.Tensor]:
         lay = self.layer[p]
-        # max_size from the catalog: a blob whose header claims more is refused before any allocation.
-        return self.ops.load_slice(self.vec, lay, scratch=self.scratch[self.slot[p]],
-                                   max_size=self.raw_size[lay.blob])  # fmt: skip
+        # The catalog's row: a blob whose header claims more than its raw size is
+        # refused before any allocation; its stored digest spares the payload hash.
+        return self.ops.load_slice(self.vec, lay, scratch=self.scratch[self.slot[p]], row=self.rows[lay.blob])
 
     def lookup(self, lam: dict[int, float]) -> Callable[[str], tuple[float, torch.Tensor] | None]:
         """name -> (λ, v) for patched tensors, None for the others."""

@@ -24,7 +24,7 @@ import os
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from sqlalchemy import func, select
@@ -99,6 +99,11 @@ def _st_header(entries: list[tuple[str, torch.dtype, tuple[int, ...], int]]) -> 
     head += b" " * (-len(head) % 8)
     return len(head).to_bytes(8, "little") + head
 
+
+
+class BlobRow(NamedTuple):
+    raw_size: int
+    stored_sha256: str | None
 
 
 class _SliceBuilder:
@@ -383,9 +388,12 @@ class VectorOps(RegistryCore):
                 prepare(session)
             for lay in layers:
                 info = lay["blob"]
-                if session.get(m.Blob, info.sha256) is None:
+                blob = session.get(m.Blob, info.sha256)
+                if blob is None:
                     session.add(m.Blob(sha256=info.sha256, codec=info.codec, raw_size=info.raw_size,
-                                       stored_size=info.stored_size))  # fmt: skip
+                                       stored_size=info.stored_size, stored_sha256=info.stored_sha256))  # fmt: skip
+                elif blob.stored_sha256 is None and info.stored_sha256 is not None:
+                    blob.stored_sha256 = info.stored_sha256  # the file was (re)written just now
             a_row = session.scalar(select(m.Checkpoint).where(m.Checkpoint.hash == a_rec.hash)) if a_rec else None
             d_row = session.scalar(select(m.Checkpoint).where(m.Checkpoint.hash == d_rec.hash)) if d_rec else None
             row = m.Vector(
@@ -429,13 +437,24 @@ class VectorOps(RegistryCore):
 
     def load_vector_slices(self, vec: VectorRecord, *, positions: list[int] | None = None) -> dict[int, dict[str, torch.Tensor]]:
         """Fetch (and verify) the slices at ``positions`` (default: all) as fp32 tensors."""
-        return {lay.position: self.load_slice(vec, lay) for lay in vec.layers
-                if positions is None or lay.position in positions}  # fmt: skip
+        layers = [lay for lay in vec.layers if positions is None or lay.position in positions]
+        rows = self.blob_rows([lay.blob for lay in layers])
+        return {lay.position: self.load_slice(vec, lay, row=rows.get(lay.blob)) for lay in layers}
+
+    def blob_rows(self, shas: list[str]) -> dict[str, BlobRow]:
+        """The catalog's record of each blob: (raw size, stored file's sha256 or None)."""
+        q = select(m.Blob.sha256, m.Blob.raw_size, m.Blob.stored_sha256).where(m.Blob.sha256.in_(sorted(set(shas))))
+        return self.read(lambda s: {sha: BlobRow(size, stored) for sha, size, stored in s.execute(q).all()})
 
     def load_slice(self, vec: VectorRecord, lay: LayerRecord, *, scratch: Scratch | None = None,
-                   max_size: int | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
-        """One slice's tensors as fp32 (``scratch``, ``max_size``: see :meth:`BlobStore.get`; the tensors may view the scratch)."""
-        tensors = decode_slice(self.store.get(lay.blob, scratch=scratch, max_size=max_size))
+                   row: BlobRow | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
+        """One slice's tensors as fp32 (the tensors may view ``scratch``: see :meth:`BlobStore.get`).
+
+        ``row``: the catalog's record of the blob: its raw size caps decoding and
+        its stored digest spares re-hashing the payload of an untouched file.
+        """
+        tensors = decode_slice(self.store.get(lay.blob, scratch=scratch, max_size=row.raw_size if row else None,
+                                              stored_sha256=row.stored_sha256 if row else None))  # fmt: skip
         if sorted(tensors) != sorted(lay.tensor_names):
             raise InvalidInputError(f"slice {lay.label} of {vec.name} holds unexpected tensors")
         return {k: t.to(torch.float32) for k, t in tensors.items()}
