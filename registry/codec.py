@@ -56,7 +56,7 @@ LEVEL = 3
 _THREADS_MIN_BYTES = 8 << 20  # below this zstd's worker threads cost more than they win
 _UINT: dict[int, np.dtype[Any]] = {2: np.dtype("<u2"), 4: np.dtype("<u4")}
 _WORKERS = min(4, os.cpu_count() or 1)
-_ZSTD_THREADS = max(2, min(4, (os.cpu_count() or 1) + 1))  # zstd workers per frame (one more than cores measured best)
+_ZSTD_THREADS = max(2, min(4, os.cpu_count() or 1))  # zstd workers per frame: as many as cores measured best (2 cores: 750 MB/s vs 700 with 3, 585 with 1)
 _CHUNK_WORDS = 1 << 18  # 1 MiB of fp32 words: the shift buffer stays in cache
 Buffer = bytes | bytearray | memoryview
 
