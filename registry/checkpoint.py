@@ -14,7 +14,9 @@ import hashlib
 import json
 import os
 import re
+import threading
 from collections.abc import Iterator
+from concurrent.futures import CancelledError
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -328,10 +330,13 @@ class ContentHasher:
         self._h.update(data)
         self._owed -= n
 
-    def hexdigest(self) -> str:
+    def hexdigest(self, stop: threading.Event | None = None) -> str:
+        """The content hash (``stop``: set from another thread to give up between tensors)."""
         self._settle()
         try:
             while self._next < len(self._names):
+                if stop is not None and stop.is_set():
+                    raise CancelledError(f"hashing {self.ckpt.path} was stopped")
                 self._from_file(self._names[self._next])
         finally:
             self.close()

@@ -92,6 +92,7 @@ def write_patched(
     before_rename: Callable[[Path, str | None], None] | None = None,
     shard_bytes: int = DEFAULT_SHARD_BYTES,
     progress: Callable[[int, int], None] | None = None,
+    fill: Callable[[], dict[str, str]] | None = None,
 ) -> Path:
     """Write ``target`` with ``W + λ·v`` for every patched tensor into ``out``.
 
@@ -106,6 +107,10 @@ def write_patched(
         metadata: strings stored in every shard's ``__metadata__``.
         shard_bytes: maximum bytes per output shard.
         progress: ``(tensors done, total)`` callback.
+        fill: called once every shard is written; returns final values for metadata
+            keys written with a placeholder of the same length (e.g. a hash still
+            being computed while the shards were written). They are written in
+            place, before anything is fsynced for good or renamed.
 
     Returns:
         The final folder.
@@ -115,6 +120,11 @@ def write_patched(
     try:
         _copy_side_files(target.path, tmp)
         shards, digest = _write_shards(target, lookup, tmp, {"format": "pt", **metadata}, shard_bytes, progress)
+        if fill is not None:
+            final = fill()
+            for fname, _ in shards:
+                _fill_metadata(tmp / fname, metadata, final)
+            metadata = {**metadata, **final}
         if len(shards) > 1:
             weight_map = {name: fname for fname, names in shards for name in names}
             total = sum(target.tensors[n].nbytes for n in weight_map)
@@ -295,6 +305,24 @@ def _shard_header(target: Checkpoint, order: list[str], metadata: dict[str, str]
     head = json.dumps(entries, separators=(",", ":")).encode()
     head += b" " * (-len(head) % 8)
     return len(head).to_bytes(8, "little") + head
+
+
+def _fill_metadata(shard: Path, written: dict[str, str], final: dict[str, str]) -> None:
+    """Overwrite placeholder metadata values in a shard's header, in place (same lengths), and fsync."""
+    with open(shard, "r+b") as fh:
+        size = int.from_bytes(fh.read(8), "little")
+        head = bytearray(fh.read(size))
+        for key, value in final.items():
+            old = (json.dumps(key) + ":" + json.dumps(written[key])).encode()
+            new = (json.dumps(key) + ":" + json.dumps(value)).encode()
+            if len(new) != len(old) or head.count(old) != 1:
+                raise ValueError(f"metadata {key} cannot be filled in place")
+            at = head.index(old)
+            head[at : at + len(old)] = new
+        fh.seek(8)
+        fh.write(head)
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def read_patch_metadata(path: str | Path) -> dict[str, str]:

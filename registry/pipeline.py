@@ -6,6 +6,7 @@ import hashlib
 import itertools
 import json
 import math
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
@@ -20,7 +21,7 @@ from . import models as m
 from ._catalog import resolve_vector
 from ._core import PendingCheckpoint, current_actor
 from .audit import append_event, canonical_json, new_uid, vector_state_digest
-from .checkpoint import Checkpoint
+from .checkpoint import Checkpoint, ContentHasher
 from .codec import Scratch
 from .errors import (
     AlreadyExistsError,
@@ -398,37 +399,50 @@ class PipelineOps(VectorOps):
         self._fit_check(vec, ck)
         out_path = Path(out)
         positions = select_positions(vec, layers)
-        with ThreadPoolExecutor(1, thread_name_prefix="safegene-slice") as pool:
-            # The first slice decodes (a worker) while the target is hashed here.
-            feed = _SliceFeed(self, vec, positions, write_order(ck), pool)
-            return self._patch(vec, ck, out_path, feed, positions, coefficients=coefficients, shots=shots,
-                               settings=settings, force=force, device=device, progress=progress)  # fmt: skip
+        stop = threading.Event()
+        with (
+            ThreadPoolExecutor(1, thread_name_prefix="safegene-slice") as pool,
+            ThreadPoolExecutor(1, thread_name_prefix="safegene-hash") as hasher,
+        ):
+            # The target's content hash is computed beside everything else: the first
+            # slices decode meanwhile, and the shards are written with a placeholder
+            # for it (filled in before the rename), so no core waits for it.
+            hashing = hasher.submit(ContentHasher(ck).hexdigest, stop)
+            try:
+                feed = _SliceFeed(self, vec, positions, write_order(ck), pool)
+                return self._patch(vec, ck, out_path, feed, positions, hashing, coefficients=coefficients,
+                                   shots=shots, settings=settings, force=force, device=device,
+                                   progress=progress)  # fmt: skip
+            finally:
+                stop.set()  # a failed patch does not wait for the rest of the target's hash
 
-    def _patch(self, vec: VectorRecord, ck: Checkpoint, out_path: Path, feed: _SliceFeed, positions: list[int], *,
-               coefficients: str, shots: str | Path | Sequence[Probe] | None, settings: FitSettings | None,
-               force: bool, device: str, progress: Progress | None) -> PatchResult:  # fmt: skip
+    def _patch(self, vec: VectorRecord, ck: Checkpoint, out_path: Path, feed: _SliceFeed, positions: list[int],
+               hashing: Future[str], *, coefficients: str, shots: str | Path | Sequence[Probe] | None,
+               settings: FitSettings | None, force: bool, device: str, progress: Progress | None) -> PatchResult:  # fmt: skip
         target = ck.path
-        target_hash = ck.content_hash()
-        if out_path.exists() and not force and not self._same_patch_meta(out_path, vec, target_hash):
+        # Needed at once only to recognise an earlier run's output, or to key a recalibration.
+        early = hashing.result() if out_path.exists() or coefficients == "auto" else None
+        if out_path.exists() and not force and not self._same_patch_meta(out_path, vec, hashing.result()):
             raise AlreadyExistsError(f"{out_path} already exists; choose another --out or pass --force")
         coefs = self.coefficients_for(vec, target, coefficients, positions, shots=shots,
                                       settings=settings, device=device, progress=None,
-                                      target_hash=target_hash)  # fmt: skip
+                                      target_hash=early)  # fmt: skip
         if out_path.exists() and not force:
-            earlier = self._completed_patch(out_path, vec, target_hash, coefs)
+            earlier = self._completed_patch(out_path, vec, hashing.result(), coefs)
             if earlier is None:
                 raise AlreadyExistsError(f"{out_path} already exists; choose another --out or pass --force")
             return earlier
-        pending_target = PendingCheckpoint.of(ck, name=None, role="task", digest=target_hash)
-        target_rec = self.transaction(lambda s: self._insert_checkpoint(s, pending_target))
         key_of = {lay.position: layer_key(lay.index) for lay in vec.layers}
         uid = new_uid()
         meta = {"safegene.vector": vec.hash, "safegene.vector_name": vec.name, "safegene.event": uid,
-                "safegene.target": target_rec.hash, "safegene.coefficients": canonical_json(coefs)}  # fmt: skip
+                "safegene.target": early or "0" * 64, "safegene.coefficients": canonical_json(coefs)}  # fmt: skip
         payload = {"vector": vec.name, "coefficients": coefs, "target_path": str(ck.path),
                    "output_path": str(out_path.resolve()), "coefficient_spec": coefficients,
                    "layers": [key_of[p] for p in positions]}  # fmt: skip
         done: list[PatchResult] = []
+
+        def fill() -> dict[str, str]:
+            return {"safegene.target": hashing.result()}
 
         def register(staged: Path, digest: str | None) -> None:
             # Catalog row and audit event commit before the folder takes its final
@@ -436,8 +450,10 @@ class PipelineOps(VectorOps):
             # folder, never an unrecorded patched model. The digest comes from
             # the bytes as they were written (None: read the folder back).
             pending = PendingCheckpoint.of(Checkpoint(staged), name=None, role="patched", digest=digest)
+            pending_target = PendingCheckpoint.of(ck, name=None, role="task", digest=hashing.result())
 
             def tx(session: Session) -> PatchResult:
+                target_rec = self._insert_checkpoint(session, pending_target)
                 out_rec = self._insert_checkpoint(session, pending, parent=target_rec.hash,
                                                   record_path=out_path.resolve())  # fmt: skip
                 ev = append_event(session, "patch", payload, actor=current_actor(), sign_key=self.sign_key, uid=uid, vector_hash=vec.hash,
@@ -448,7 +464,8 @@ class PipelineOps(VectorOps):
             done.append(self.transaction(tx))
 
         write_patched(ck, feed.lookup({p: coefs[key_of[p]] for p in positions}), out_path, metadata=meta,
-                      force=force, lease_dir=self.store.tmp_dir, before_rename=register, progress=progress)  # fmt: skip
+                      force=force, lease_dir=self.store.tmp_dir, before_rename=register, progress=progress,
+                      fill=None if early else fill)  # fmt: skip
         return done[0]
 
     @staticmethod

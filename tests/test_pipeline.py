@@ -180,6 +180,28 @@ def test_patch_streams_bf16_and_mixed_dtype_targets_exactly(world_reg: Registry,
         want = (w.to(torch.float32) + 0.5 * v[n]).to(w.dtype) if n in v else w
         assert got[n].dtype == w.dtype and torch.equal(got[n], want), n
     assert res.hash == Checkpoint(out).content_hash()
+    # the target was hashed while the shards were written: its hash is filled in, and recorded
+    target_hash = Checkpoint(target).content_hash()
+    assert Checkpoint(out).metadata["model.safetensors"]["safegene.target"] == target_hash == res.target
+    assert world_reg.get_model(res.hash).parent == target_hash
+
+
+def test_metadata_filled_in_after_writing_reaches_every_shard_and_the_index(quick_world: ToyWorld,
+                                                                          tmp_path: Path) -> None:  # fmt: skip
+    from registry.patching import write_patched
+
+    target = Checkpoint(quick_world.task_model(quick_world.tasks[0]))
+    out = tmp_path / "sharded"
+    final = "f" * 64
+    write_patched(target, {}, out, metadata={"safegene.target": "0" * 64, "safegene.other": "kept"},
+                  shard_bytes=target.total_bytes() // 3, fill=lambda: {"safegene.target": final})  # fmt: skip
+    got = Checkpoint(out)
+    assert len(got.files) >= 3
+    for fname in got.files:
+        assert got.metadata[fname]["safegene.target"] == final and got.metadata[fname]["safegene.other"] == "kept"
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    assert index["metadata"]["safegene.target"] == final
+    assert got.content_hash() == target.content_hash()  # the tensors are the target's, byte for byte
 
 
 def test_identify_survives_stripped_metadata(world_reg: Registry, quick_world: ToyWorld, tmp_path: Path) -> None:
