@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from ._core import ROLES, InitResult, current_actor, default_home
 from .integrity import AuditOps
-from .pipeline import PipelineOps
+from .patch_ops import PatchOps
 from .vectors import VectorOps
 
 __all__ = ["ROLES", "InitResult", "Registry", "current_actor", "default_home"]
 
 
-class Registry(AuditOps, PipelineOps, VectorOps):
+class Registry(AuditOps, PatchOps, VectorOps):
     """A catalog (SQL) and a blob store (directory) under one home.
 
     Args:

@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 import zstandard
 
+from ._planes import CHUNK_WORDS, join_v1, join_v2, plane_v1, plane_v2
 from .errors import IntegrityCheckError
 
 MAGIC = b"SGB1"
@@ -57,7 +58,6 @@ _THREADS_MIN_BYTES = 8 << 20  # below this zstd's worker threads cost more than 
 _UINT: dict[int, np.dtype[Any]] = {2: np.dtype("<u2"), 4: np.dtype("<u4")}
 _WORKERS = min(4, os.cpu_count() or 1)
 _ZSTD_THREADS = max(2, min(4, os.cpu_count() or 1))  # zstd workers per frame: as many as cores measured best (2 cores: 750 MB/s vs 700 with 3, 585 with 1)
-_CHUNK_WORDS = 1 << 18  # 1 MiB of fp32 words: the shift buffer stays in cache
 Buffer = bytes | bytearray | memoryview
 
 
@@ -254,7 +254,7 @@ class ByteGroupedZstdCodec(Codec):
     def segment_chunks(self, payload: Buffer, *, skip: int, width: int) -> list[Callable[[], Iterator[Any]]]:
         words = np.frombuffer(payload, dtype=_UINT[width], offset=skip)
         head = memoryview(payload)[:skip]
-        plane = _plane_v2 if self._sign_beside_mantissa else _plane
+        plane = plane_v2 if self._sign_beside_mantissa else plane_v1
         return [functools.partial(iter, [head])] + [functools.partial(plane, words, k, width)
                                                     for k in reversed(range(width))]  # fmt: skip
 
@@ -270,11 +270,11 @@ class ByteGroupedZstdCodec(Codec):
         out[:skip] = np.frombuffer(segments[0], dtype=np.uint8)
         words = out[skip:].view(_UINT[width])
         planes = [np.frombuffer(p, dtype=np.uint8) for p in reversed(segments[1:])]  # low byte first
-        join = _join_words_v2 if self._sign_beside_mantissa else _join_words
-        if pool is None or n < 2 * _CHUNK_WORDS:
+        join = join_v2 if self._sign_beside_mantissa else join_v1
+        if pool is None or n < 2 * CHUNK_WORDS:
             join(words, planes, 0, n)
         else:
-            step = -(-n // (2 * _WORKERS * _CHUNK_WORDS)) * _CHUNK_WORDS
+            step = -(-n // (2 * _WORKERS * CHUNK_WORDS)) * CHUNK_WORDS
             list(pool.map(lambda s: join(words, planes, s, min(n, s + step)), range(0, n, step)))
         return out.data
 
@@ -292,91 +292,6 @@ class SignPlaneZstdCodec(ByteGroupedZstdCodec):
     name = "zstd-bytegroup-v2"
     codec_id = 3
     _sign_beside_mantissa = True
-
-
-def _join_words(words: np.ndarray[Any, Any], planes: list[np.ndarray[Any, Any]], start: int, stop: int) -> None:
-    # words[start:stop] = rotate_right_1(sum(plane_k << 8k)), one cache-sized chunk at a time.
-    width = len(planes)
-    tmp = np.empty(min(stop - start, _CHUNK_WORDS), dtype=words.dtype)
-    top = 8 * width - 1
-    for s in range(start, stop, _CHUNK_WORDS):
-        e = min(stop, s + _CHUNK_WORDS)
-        w, t = words[s:e], tmp[: e - s]
-        np.copyto(w, planes[0][s:e])
-        for k in range(1, width):
-            np.left_shift(planes[k][s:e], 8 * k, out=t, dtype=words.dtype)
-            w |= t
-        np.right_shift(w, 1, out=t)
-        w <<= top
-        w |= t
-
-
-def _plane(words: np.ndarray[Any, Any], k: int, width: int) -> Iterator[np.ndarray[Any, Any]]:
-    # Byte k of the rotated word is (w >> (8k - 1)) & 0xff for k > 0 and
-    # ((w << 1) | (w >> top)) & 0xff for k = 0: one shift into a small reused
-    # buffer and one narrowing copy, chunk by chunk (the chunk stays in cache).
-    # Yields views of one reused buffer.
-    out = np.empty(min(words.size, _CHUNK_WORDS), dtype=np.uint8)
-    tmp = np.empty(out.size, dtype=words.dtype)
-    top = 8 * width - 1
-    for s in range(0, words.size, _CHUNK_WORDS):
-        w = words[s : s + _CHUNK_WORDS]
-        t, p = tmp[: w.size], out[: w.size]
-        if k:
-            np.right_shift(w, 8 * k - 1, out=t)
-        else:
-            np.left_shift(w, 1, out=t)
-            t |= w >> top
-        np.copyto(p, t, casting="unsafe")
-        yield p
-
-
-def _plane_v2(words: np.ndarray[Any, Any], k: int, width: int) -> Iterator[np.ndarray[Any, Any]]:
-    # Plane k of the v2 layout: the top plane is the exponent, (w >> (bits - 9));
-    # the next one is the word's byte with its top bit (the exponent's lowest)
-    # replaced by the sign; the others are the word's own bytes. Yields views of
-    # one reused buffer, chunk by chunk.
-    out = np.empty(min(words.size, _CHUNK_WORDS), dtype=np.uint8)
-    tmp = np.empty(out.size, dtype=words.dtype)
-    sign = np.empty(out.size if k == width - 2 else 0, dtype=np.uint8)
-    bits = 8 * width
-    for s in range(0, words.size, _CHUNK_WORDS):
-        w = words[s : s + _CHUNK_WORDS]
-        t, p = tmp[: w.size], out[: w.size]
-        np.right_shift(w, bits - 9 if k == width - 1 else 8 * k, out=t)
-        np.copyto(p, t, casting="unsafe")
-        if k == width - 2:
-            g = sign[: w.size]
-            np.right_shift(w, bits - 8, out=t)
-            np.copyto(g, t, casting="unsafe")
-            g &= 0x80
-            p &= 0x7F
-            p |= g
-        yield p
-
-
-def _join_words_v2(words: np.ndarray[Any, Any], planes: list[np.ndarray[Any, Any]], start: int, stop: int) -> None:
-    # words[start:stop] from v2 planes: the plain sum of plane_k << 8k has the
-    # exponent one bit too high and the sign at bit (bits - 9); rotate those 9 bits back.
-    width = len(planes)
-    bits = 8 * width
-    tmp = np.empty((2, min(stop - start, _CHUNK_WORDS)), dtype=words.dtype)
-    low = words.dtype.type((1 << (bits - 9)) - 1)
-    for s in range(start, stop, _CHUNK_WORDS):
-        e = min(stop, s + _CHUNK_WORDS)
-        w, t, u = words[s:e], tmp[0, : e - s], tmp[1, : e - s]
-        np.copyto(w, planes[0][s:e])
-        for k in range(1, width):
-            np.left_shift(planes[k][s:e], 8 * k, out=t, dtype=words.dtype)
-            w |= t
-        np.right_shift(w, bits - 9, out=t)  # exponent and sign: the top 9 bits, sign lowest
-        w &= low
-        np.bitwise_and(t, 1, out=u)
-        u <<= bits - 1
-        w |= u
-        t >>= 1
-        t <<= bits - 9
-        w |= t
 
 
 CODECS: dict[str, Codec] = {c.name: c for c in (ZstdCodec(), ByteGroupedZstdCodec(), SignPlaneZstdCodec())}
