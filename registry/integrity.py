@@ -150,11 +150,6 @@ class AuditOps(RegistryCore):
                     self.store.get(sha)
                 except IntegrityCheckError as exc:
                     problems.append(str(exc))
-                    continue
-                row = referenced.get(sha)
-                if row is not None and row.stored_sha256 is not None and self.store.stored_sha256(sha) != row.stored_sha256:
-                    problems.append(f"blob {sha[:12]}: the stored file is not the one the catalog recorded "
-                                    "(its content is intact: rewritten outside the registry?)")  # fmt: skip
         for sha in sorted(layer_blobs - set(referenced)):
             problems.append(f"blob {sha[:12]}: used by a vector but has no catalog row")
         removable = [f"orphan blob {sha[:12]}" for sha in sorted(on_disk - set(referenced))]

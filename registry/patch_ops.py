@@ -25,7 +25,7 @@ from ._core import PendingCheckpoint, current_actor
 from .audit import append_event, canonical_json, new_uid
 from .checkpoint import Checkpoint, ContentHasher
 from .codec import Scratch
-from .errors import AlreadyExistsError, RegistryError
+from .errors import AlreadyExistsError, IntegrityCheckError, RegistryError
 from .patching import read_patch_metadata, write_order, write_patched
 from .pipeline import PipelineOps, Progress, layer_key, select_positions
 from .probes import Probe
@@ -49,6 +49,7 @@ class _SliceFeed:
         self.ops, self.vec, self.pool = ops, vec, pool
         self.layer = {lay.position: lay for lay in vec.layers}
         self.rows = ops.blob_rows([lay.blob for lay in vec.layers if lay.position in positions])
+        self.verified: dict[str, str] = {}  # blob files that passed the full check here (recorded at the end)
         # Two decode scratches alternate (the held slice's and the one ahead): reused,
         # they spare fresh allocations' page faults for every slice. Slices decode one
         # at a time (one worker), so the buffers needed only while decoding are shared.
@@ -67,7 +68,15 @@ class _SliceFeed:
         lay = self.layer[p]
         # The catalog's row: a blob whose header claims more than its raw size is
         # refused before any allocation; its stored digest spares the payload hash.
-        return self.ops.load_slice(self.vec, lay, scratch=self.scratch[self.slot[p]], row=self.rows[lay.blob])
+        row = self.rows.get(lay.blob)
+        if row is None:
+            raise IntegrityCheckError(f"blob {lay.blob[:12]} of {self.vec.name} has no catalog row; run `safegene verify`")
+        return self.ops.load_slice(self.vec, lay, scratch=self.scratch[self.slot[p]], row=row, verified=self.verified)
+
+    def settled_verified(self) -> dict[str, str]:
+        """:attr:`verified`, once no decode is running any more."""
+        wait(list(self.ahead.values()))
+        return dict(self.verified)
 
     def lookup(self, lam: dict[int, float]) -> Callable[[str], tuple[float, torch.Tensor] | None]:
         """name -> (λ, v) for patched tensors, None for the others."""
@@ -142,6 +151,7 @@ class PatchOps(PipelineOps):
                                    progress=progress)  # fmt: skip
             finally:
                 stop.set()  # a failed patch does not wait for the rest of the target's hash
+                pool.shutdown(cancel_futures=True)  # nor for slices queued ahead
 
     def _patch(self, vec: VectorRecord, ck: Checkpoint, out_path: Path, feed: _SliceFeed, positions: list[int],
                hashing: Future[str], *, coefficients: str, shots: str | Path | Sequence[Probe] | None,
@@ -193,6 +203,7 @@ class PatchOps(PipelineOps):
         write_patched(ck, feed.lookup({p: coefs[key_of[p]] for p in positions}), out_path, metadata=meta,
                       force=force, lease_dir=self.store.tmp_dir, before_rename=register, progress=progress,
                       fill=None if early else fill)  # fmt: skip
+        self.record_verified_blobs(feed.settled_verified())  # later patches read those files without re-hashing
         return done[0]
 
     @staticmethod

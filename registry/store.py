@@ -23,7 +23,7 @@ import os
 import re
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +42,7 @@ class BlobInfo:
     codec: str
     raw_size: int
     stored_size: int
-    stored_sha256: str | None = None  # the stored file's sha256, when this store wrote it just now
+    stored_sha256: str | None = None  # the stored file's sha256, when known to decode to the payload
 
 
 @dataclass(frozen=True)
@@ -152,11 +152,8 @@ class BlobStore:
         path = self.path_for(blob.sha256)
         self.ensure()
         path.parent.mkdir(exist_ok=True)
-        stored = hashlib.sha256()
-        for part in blob.parts:
-            stored.update(part)
         atomic_write(path, blob.parts, tmp_dir=self.tmp_dir)
-        return BlobInfo(blob.sha256, blob.codec, blob.raw_size, blob.stored_size, stored.hexdigest())
+        return BlobInfo(blob.sha256, blob.codec, blob.raw_size, blob.stored_size)
 
     def _existing(self, sha: str, raw_size: int) -> BlobInfo | None:
         path = self.path_for(sha)
@@ -167,19 +164,22 @@ class BlobStore:
         return BlobInfo(sha, _codec_name(head), raw_size, path.stat().st_size)
 
     def get(self, sha: str, *, max_size: int | None = None, scratch: _codec.Scratch | None = None,
-            stored_sha256: str | None = None) -> bytes | bytearray | memoryview:  # fmt: skip
+            stored_sha256: str | None = None,
+            on_verified: Callable[[str], None] | None = None) -> bytes | bytearray | memoryview:  # fmt: skip
         """Read, decode and verify one blob (a writable memoryview for byte-grouped blobs: no copy).
 
         ``scratch``: reusable buffers for the stored bytes and the decoding (the
         result is then a view of it, valid until the scratch's next blob): they
         spare the page faults of fresh allocations for every blob.
 
-        ``stored_sha256``: the stored file's sha256 as recorded when this store
-        wrote it (the catalog's ``blobs.stored_sha256``). When the file still
-        hashes to it, it is byte for byte what was written from the payload named
-        ``sha``, and decoding is deterministic: the payload is not hashed again
-        (a third of the bytes to hash, or less). Otherwise the blob gets the full
-        check, and a payload that still hashes to its name is returned.
+        ``stored_sha256``: the sha256 of a file of this blob that once passed the
+        full check (the catalog's ``blobs.stored_sha256``). When the file still
+        hashes to it, it is byte for byte a file already seen to decode to the
+        payload named ``sha``, and decoding is deterministic: the payload is not
+        hashed again (a third of the bytes to hash, or less). Otherwise the blob
+        gets the full check, and a payload that still hashes to its name is
+        returned; ``on_verified`` is then given the sha256 of the file just
+        checked, for the caller to record.
 
         Raises:
             IntegrityCheckError: missing blob, undecodable bytes or a hash mismatch.
@@ -205,6 +205,8 @@ class BlobStore:
             raise IntegrityCheckError(
                 f"blob {sha[:12]} is corrupt: its content hashes to {actual[:12]}"
             )
+        if on_verified is not None:
+            on_verified(sha256_hex(stored))
         return payload
 
     @staticmethod

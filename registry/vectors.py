@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, aliased
 
 from . import models as m
@@ -395,8 +395,8 @@ class VectorOps(RegistryCore):
                 if blob is None:
                     session.add(m.Blob(sha256=info.sha256, codec=info.codec, raw_size=info.raw_size,
                                        stored_size=info.stored_size, stored_sha256=info.stored_sha256))  # fmt: skip
-                elif blob.stored_sha256 is None and info.stored_sha256 is not None:
-                    blob.stored_sha256 = info.stored_sha256  # the file was (re)written just now
+                elif info.stored_sha256 is not None:
+                    blob.stored_sha256 = info.stored_sha256  # this very file was just verified
             a_row = session.scalar(select(m.Checkpoint).where(m.Checkpoint.hash == a_rec.hash)) if a_rec else None
             d_row = session.scalar(select(m.Checkpoint).where(m.Checkpoint.hash == d_rec.hash)) if d_rec else None
             row = m.Vector(
@@ -442,7 +442,21 @@ class VectorOps(RegistryCore):
         """Fetch (and verify) the slices at ``positions`` (default: all) as fp32 tensors."""
         layers = [lay for lay in vec.layers if positions is None or lay.position in positions]
         rows = self.blob_rows([lay.blob for lay in layers])
-        return {lay.position: self.load_slice(vec, lay, row=rows.get(lay.blob)) for lay in layers}
+        verified: dict[str, str] = {}
+        out = {lay.position: self.load_slice(vec, lay, row=rows.get(lay.blob), verified=verified) for lay in layers}
+        self.record_verified_blobs(verified)
+        return out
+
+    def record_verified_blobs(self, verified: dict[str, str]) -> None:
+        """Record the sha256 of blob files that just passed the full check: later reads trust them as they are."""
+        if not verified:
+            return
+
+        def tx(session: Session) -> None:
+            for sha, digest in sorted(verified.items()):
+                session.execute(update(m.Blob).where(m.Blob.sha256 == sha).values(stored_sha256=digest))
+
+        self.transaction(tx)
 
     def blob_rows(self, shas: list[str]) -> dict[str, BlobRow]:
         """The catalog's record of each blob: (raw size, stored file's sha256 or None)."""
@@ -450,14 +464,21 @@ class VectorOps(RegistryCore):
         return self.read(lambda s: {sha: BlobRow(size, stored) for sha, size, stored in s.execute(q).all()})
 
     def load_slice(self, vec: VectorRecord, lay: LayerRecord, *, scratch: Scratch | None = None,
-                   row: BlobRow | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
+                   row: BlobRow | None = None, verified: dict[str, str] | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
         """One slice's tensors as fp32 (the tensors may view ``scratch``: see :meth:`BlobStore.get`).
 
         ``row``: the catalog's record of the blob: its raw size caps decoding and
-        its stored digest spares re-hashing the payload of an untouched file.
+        its file digest spares re-hashing the payload of a file verified before.
+        ``verified``: gets blob sha -> file sha256 for a file that just passed the
+        full check (for :meth:`record_verified_blobs`).
         """
+        def learn(digest: str) -> None:
+            if verified is not None:
+                verified[lay.blob] = digest
+
         tensors = decode_slice(self.store.get(lay.blob, scratch=scratch, max_size=row.raw_size if row else None,
-                                              stored_sha256=row.stored_sha256 if row else None))  # fmt: skip
+                                              stored_sha256=row.stored_sha256 if row else None,
+                                              on_verified=learn if verified is not None else None))  # fmt: skip
         if sorted(tensors) != sorted(lay.tensor_names):
             raise InvalidInputError(f"slice {lay.label} of {vec.name} holds unexpected tensors")
         return {k: t.to(torch.float32) for k, t in tensors.items()}
