@@ -337,7 +337,8 @@ def decode(stored: Buffer, *, max_size: int | None = None, scratch: Scratch | No
     if len(stored) < _HEADER.size:
         raise IntegrityCheckError("blob is shorter than its header")
     magic, cid, width, flags, skip, raw_size, digest = _HEADER.unpack_from(stored)
-    if magic != MAGIC or cid not in _BY_ID or width not in (1, 2, 4) or flags & ~FLAG_SHA256 or skip > raw_size:
+    if (magic != MAGIC or cid not in _BY_ID or width not in (1, 2, 4) or flags & ~FLAG_SHA256 or skip > raw_size
+            or raw_size >= 1 << 62):  # no payload is that large (and 2**64 - 1 means "unknown" to zstd)
         raise IntegrityCheckError("blob header is not a SafeGene blob header")
     body = memoryview(stored)[_HEADER.size :]
     if max_size is not None and raw_size > max_size:

@@ -147,7 +147,8 @@ class AuditOps(RegistryCore):
                 problems.append(f"blob {sha[:12]}: in the catalog, missing from the store")
             elif deep:
                 try:
-                    self.store.get(sha)
+                    row = referenced.get(sha)  # its raw size caps the decoding
+                    self.store.get(sha, max_size=row.raw_size if row is not None else None)
                 except IntegrityCheckError as exc:
                     problems.append(str(exc))
         for sha in sorted(layer_blobs - set(referenced)):

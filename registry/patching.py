@@ -41,6 +41,16 @@ def _copy_side_files(src: Path, dst: Path) -> None:
         if f.name.endswith(_WEIGHT_SUFFIXES) or f.name == "model.safetensors.index.json":
             continue
         shutil.copyfile(f, dst / f.name)
+        _fsync_file(dst / f.name)
+
+
+def _fsync_file(path: Path) -> None:
+    # Every file is durable before the folder is renamed into place (not only the shards).
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 LEASE_PREFIX = "patch-lease."
@@ -130,6 +140,7 @@ def write_patched(
             total = sum(target.tensors[n].nbytes for n in weight_map)
             index = {"metadata": {"total_size": total, **metadata}, "weight_map": weight_map}
             (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2, sort_keys=True))
+            _fsync_file(tmp / "model.safetensors.index.json")
         fsync_dir(tmp)
         if before_rename is not None:
             before_rename(tmp, digest)

@@ -158,6 +158,8 @@ def test_a_plane_frame_yielding_more_than_its_share_is_refused(lie: str) -> None
     with pytest.raises(IntegrityCheckError, match="decompress"):
         codec.decode(_grouped_blob(frames, raw_size), scratch=scratch)
     assert all(b.size <= raw_size for b in scratch._bufs.values())  # nothing larger was ever allocated
+
+
 def test_missing_blob_is_reported(tmp_path: Path) -> None:
     store, sha, _ = _store_one(tmp_path)
     store.path_for(sha).unlink()
@@ -180,6 +182,9 @@ def test_lying_frame_size_is_refused() -> None:
         codec.decode(blob(100, no_size))
     with pytest.raises(IntegrityCheckError, match="more than"):
         codec.decode(blob(1 << 40, big), max_size=1 << 30)
+    # a header size of 2**64 - 1 is zstd's "unknown": refused as a header, without a size cap
+    with pytest.raises(IntegrityCheckError, match="not a SafeGene blob header"):
+        codec.decode(blob(2**64 - 1, no_size))
 
 
 def test_bytegroup_beats_plain_zstd_on_a_smooth_delta() -> None:

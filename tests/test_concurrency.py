@@ -40,7 +40,6 @@ def test_concurrent_model_add_same_checkpoint(tmp_path: Path, db_url: str, tiny_
     assert rows == 2 and fams == 2
 
 
-
 def test_concurrent_patches_of_one_unregistered_target(tmp_path: Path, db_url: str,
                                                        tiny_models: dict[str, Path]) -> None:  # fmt: skip
     """The target's row is recorded with each patch's output and event, in one transaction: racing
