@@ -67,7 +67,7 @@ from .records import CheckpointRecord, VectorRecord
 from .signing import _ed25519
 from .signing import load_key as _load_key
 from .signing import public_hex as _public_hex
-from .store import BlobInfo, atomic_write, fsync_dir, sha256_hex
+from .store import BlobInfo, atomic_write, fsync_path, sha256_hex
 from .vectors import ENCODINGS, EXTRA_LABEL, SCOPES, decode_slice, vector_hash
 
 MAGIC = b"SGBUNDLE"
@@ -158,7 +158,7 @@ def export_bundle(reg: Registry, ref: str, out: str | Path, *, sign_key: str | P
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, out_path)
-        fsync_dir(out_path.parent)
+        fsync_path(out_path.parent)
     finally:
         tmp.unlink(missing_ok=True)
     return BundleInfo(str(out_path.resolve()), vec.name, vec.hash, mhash, manifest["signer"],

@@ -93,6 +93,8 @@ class Codec(abc.ABC):
 
     name: str
     codec_id: int
+    # True when join() copies the segments into a new payload (they may live in a scratch).
+    _segments_are_scratch = False
 
     @abc.abstractmethod
     def split(self, payload: bytes, *, skip: int, width: int) -> list[bytes]:
@@ -199,9 +201,6 @@ class Codec(abc.ABC):
         segments = [_decompress_capped(f, n, d) for f, n, d in zip(frames, sizes, dests, strict=True)]
         return self.join(segments, skip=skip, width=width, scratch=scratch)
 
-    # True when join() copies the segments into a new payload (they may live in a scratch).
-    _segments_are_scratch = False
-
 
 class ZstdCodec(Codec):
     """Plain zstd; the fallback for payloads that are not 2- or 4-byte floats."""
@@ -240,9 +239,8 @@ class ByteGroupedZstdCodec(Codec):
     def compressor(self, *, threads: int = 0) -> zstandard.ZstdCompressor:
         if not threads:
             return zstandard.ZstdCompressor(compression_params=self._PARAMS)
-        workers = threads if threads > 0 else _ZSTD_THREADS
         return zstandard.ZstdCompressor(compression_params=zstandard.ZstdCompressionParameters(
-            **self._PARAM_ARGS, threads=workers, job_size=4 << 20))  # fmt: skip
+            **self._PARAM_ARGS, threads=threads, job_size=4 << 20))  # fmt: skip
 
     # The word's bit layout: True, the top 9 bits rotated (v2); False, the whole word rotated (v1).
     _sign_beside_mantissa = False

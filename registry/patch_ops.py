@@ -25,9 +25,9 @@ from ._core import PendingCheckpoint, current_actor
 from .audit import append_event, canonical_json, new_uid
 from .checkpoint import Checkpoint, ContentHasher
 from .codec import Scratch
-from .errors import AlreadyExistsError, IntegrityCheckError, InvalidInputError, RegistryError
+from .errors import AlreadyExistsError, IntegrityCheckError, RegistryError
 from .patching import read_patch_metadata, write_order, write_patched
-from .pipeline import PipelineOps, Progress, layer_key, select_positions
+from .pipeline import PipelineOps, Progress, auto_shots, layer_key, select_positions
 from .probes import Probe
 from .recalibrate import FitSettings
 from .records import VectorRecord
@@ -157,8 +157,8 @@ class PatchOps(PipelineOps):
                hashing: Future[str], *, coefficients: str, shots: str | Path | Sequence[Probe] | None,
                settings: FitSettings | None, force: bool, device: str, progress: Progress | None) -> PatchResult:  # fmt: skip
         target = ck.path
-        if coefficients == "auto" and shots is None:  # said before waiting for the target's hash
-            raise InvalidInputError("--coefficients auto needs --shots FILE (or use uniform[:γ])")
+        if coefficients == "auto":
+            auto_shots(shots)  # said before waiting for the target's hash
         # Needed at once only to recognise an earlier run's output, or to key a recalibration.
         early = hashing.result() if out_path.exists() or coefficients == "auto" else None
         if out_path.exists() and not force and not self._same_patch_meta(out_path, vec, hashing.result()):

@@ -25,7 +25,7 @@ from ._faults import crashpoint
 from ._threads import torch_threads
 from .checkpoint import _TORCH_DTYPES, DTYPE_SIZES, Checkpoint, ContentHasher, pread_exact
 from .errors import AlreadyExistsError, InvalidInputError
-from .store import fsync_dir
+from .store import fsync_path
 
 DEFAULT_SHARD_BYTES = 2 * 1024**3
 _COPY_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
@@ -41,16 +41,6 @@ def _copy_side_files(src: Path, dst: Path) -> None:
         if f.name.endswith(_WEIGHT_SUFFIXES) or f.name == "model.safetensors.index.json":
             continue
         shutil.copyfile(f, dst / f.name)
-        _fsync_file(dst / f.name)
-
-
-def _fsync_file(path: Path) -> None:
-    # Every file is durable before the folder is renamed into place (not only the shards).
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 LEASE_PREFIX = "patch-lease."
@@ -140,15 +130,18 @@ def write_patched(
             total = sum(target.tensors[n].nbytes for n in weight_map)
             index = {"metadata": {"total_size": total, **metadata}, "weight_map": weight_map}
             (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2, sort_keys=True))
-            _fsync_file(tmp / "model.safetensors.index.json")
-        fsync_dir(tmp)
+        # Every file (shards once their metadata is final, index, side files) is made
+        # durable here, once, before the folder is renamed into place.
+        for f in sorted(tmp.iterdir()):
+            fsync_path(f)
+        fsync_path(tmp)
         if before_rename is not None:
             before_rename(tmp, digest)
         crashpoint("patch.before-rename")
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
-        fsync_dir(out.parent)
+        fsync_path(out.parent)
         crashpoint("patch.renamed")
     finally:
         if tmp.exists():
@@ -238,7 +231,6 @@ class _ShardWriter:
                         self.progress(self.done, self.total)
                 fh.flush()
                 crashpoint("patch.shard-written")
-                os.fsync(fh.fileno())
         finally:
             for fd in self.fds.values():
                 os.close(fd)
@@ -319,7 +311,7 @@ def _shard_header(target: Checkpoint, order: list[str], metadata: dict[str, str]
 
 
 def _fill_metadata(shard: Path, written: dict[str, str], final: dict[str, str]) -> None:
-    """Overwrite placeholder metadata values in a shard's header, in place (same lengths), and fsync."""
+    """Overwrite placeholder metadata values in a shard's header, in place (same lengths)."""
     with open(shard, "r+b") as fh:
         size = int.from_bytes(fh.read(8), "little")
         head = bytearray(fh.read(size))
@@ -332,8 +324,6 @@ def _fill_metadata(shard: Path, written: dict[str, str], final: dict[str, str]) 
             head[at : at + len(old)] = new
         fh.seek(8)
         fh.write(head)
-        fh.flush()
-        os.fsync(fh.fileno())
 
 
 def read_patch_metadata(path: str | Path) -> dict[str, str]:

@@ -54,7 +54,7 @@ from .errors import AlreadyExistsError, IncompatibleError, InvalidCheckpointErro
 from .family import family_key, layer_of, manifest_hash
 from .pipeline import layer_key
 from .records import VectorRecord
-from .store import fsync_dir, sha256_hex
+from .store import fsync_path, sha256_hex
 from .vectors import payload_skip, plan_slices, vector_hash
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -357,11 +357,11 @@ def _write_folder(out: Path, files: dict[str, bytes], *, force: bool) -> None:
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
-        fsync_dir(tmp)
+        fsync_path(tmp)
         if out.exists() and force:
             shutil.rmtree(out)
         os.replace(tmp, out)
-        fsync_dir(out.parent)
+        fsync_path(out.parent)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -92,6 +92,13 @@ def select_positions(vec: VectorRecord, layers: str | Sequence[int]) -> list[int
     return [by_index[w] for w in wanted]
 
 
+def auto_shots(shots: str | Path | Sequence[Probe] | None) -> str | Path | Sequence[Probe]:
+    """The shots ``--coefficients auto`` recalibrates on (it needs some)."""
+    if shots is None:
+        raise InvalidInputError("--coefficients auto needs --shots FILE (or use uniform[:γ])")
+    return shots
+
+
 def parse_layers(spec: str) -> str | list[int]:
     if spec in ("auto", "all"):
         return spec
@@ -286,10 +293,8 @@ class PipelineOps(VectorOps):
         """Resolve ``--coefficients``: auto (recalibrate), uniform[:γ] (RESTA) or a JSON file."""
         keys = [layer_key(lay.index) for lay in vec.layers if lay.position in positions]
         if spec == "auto":
-            if shots is None:
-                raise InvalidInputError("--coefficients auto needs --shots FILE (or use uniform[:γ])")
             layer_arg = [lay.index for lay in vec.layers if lay.position in positions and lay.index is not None]
-            return self.recalibrate(target, vec.hash, shots, layers=layer_arg, settings=settings,
+            return self.recalibrate(target, vec.hash, auto_shots(shots), layers=layer_arg, settings=settings,
                                     device=device, progress=progress,
                                     target_hash=target_hash).coefficients  # fmt: skip
         if spec == "uniform" or spec.startswith("uniform:"):

@@ -69,7 +69,8 @@ def _check_sha(sha: str) -> str:
     return sha
 
 
-def fsync_dir(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """fsync a file, or a folder (its entries), by path."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -92,7 +93,7 @@ def atomic_write(path: Path, data: bytes | list[bytes], *, tmp_dir: Path | None 
             os.fsync(fh.fileno())
         crashpoint("store.before-rename")
         os.replace(tmp, path)
-        fsync_dir(path.parent)
+        fsync_path(path.parent)
         crashpoint("store.renamed")
     finally:
         tmp.unlink(missing_ok=True)
@@ -191,7 +192,8 @@ class BlobStore:
             raise IntegrityCheckError(
                 f"blob {sha[:12]} is missing from the store; run `safegene verify`"
             ) from None
-        if stored_sha256 is not None and sha256_hex(stored) == stored_sha256:
+        file_sha = sha256_hex(stored) if stored_sha256 is not None or on_verified is not None else None
+        if file_sha is not None and file_sha == stored_sha256:
             try:
                 return _codec.decode(stored, max_size=max_size, scratch=scratch, check_digest=False)
             except IntegrityCheckError as exc:
@@ -205,8 +207,8 @@ class BlobStore:
             raise IntegrityCheckError(
                 f"blob {sha[:12]} is corrupt: its content hashes to {actual[:12]}"
             )
-        if on_verified is not None:
-            on_verified(sha256_hex(stored))
+        if on_verified is not None and file_sha is not None:
+            on_verified(file_sha)
         return payload
 
     @staticmethod
