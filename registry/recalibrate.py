@@ -27,7 +27,7 @@ from torch.func import functional_call
 
 from .errors import IncompatibleError, InvalidInputError
 from .probes import Probe
-from .textio import collate, encode_example, encode_prompt, pad_id_of
+from .textio import IGNORE_INDEX, collate, encode_example, encode_prompt, pad_id_of
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -107,22 +107,68 @@ def check_fits(model: PreTrainedModel, slices: Slices) -> None:
         raise IncompatibleError("the vector does not fit the model", problems)
 
 
-def _lm_ce(model: PreTrainedModel, overrides: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    out = functional_call(model, overrides, args=(),
-                          kwargs={"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]})  # fmt: skip
-    logits = out.logits[:, :-1].float()
-    labels = batch["labels"][:, 1:]
-    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+class _Merged:
+    """Every shot batch of every kind as one right-padded batch: one forward per loss evaluation.
 
+    With right padding a row's real positions never attend to its padding, so
+    each chunk's terms are what its own forward would give. On a small model
+    the per-forward overhead (parameter substitution, kernel launches) is most
+    of a step, so one forward replaces one per chunk and kind. Chunk terms keep
+    their definitions: a CE chunk is the mean over its labelled tokens, a KL
+    chunk the masked mean against the unpatched model.
+    """
 
-def _kl_to_ref(model: PreTrainedModel, overrides: dict[str, torch.Tensor], batch: dict[str, torch.Tensor],
-               ref_logp: torch.Tensor) -> torch.Tensor:  # fmt: skip
-    out = functional_call(model, overrides, args=(),
-                          kwargs={"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]})  # fmt: skip
-    logp = out.logits.float().log_softmax(-1)
-    mask = batch["attention_mask"].unsqueeze(-1).float()
-    kl = (ref_logp.exp() * (ref_logp - logp) * mask).sum() / mask.sum()
-    return kl
+    def __init__(self, batches: ShotBatches) -> None:
+        chunks = [(kind, b) for kind in ("harmful", "task", "benign", "benign_kl") for b in getattr(batches, kind)]
+        width = max(b["input_ids"].shape[1] for _, b in chunks)
+        self.spans: list[tuple[str, int, int, int]] = []  # kind, first row, end row, own width
+        ids, mask, labels = [], [], []
+        row = 0
+        for kind, b in chunks:
+            n, w = b["input_ids"].shape
+            pad = (0, width - w)
+            lab = torch.full_like(b["input_ids"], IGNORE_INDEX) if kind == "benign_kl" else b["labels"]
+            ids.append(torch.nn.functional.pad(b["input_ids"], pad, value=0))
+            mask.append(torch.nn.functional.pad(b["attention_mask"], pad, value=0))
+            labels.append(torch.nn.functional.pad(lab, pad, value=IGNORE_INDEX))
+            self.spans.append((kind, row, row + n, w))
+            row += n
+        self.kwargs = {"input_ids": torch.cat(ids), "attention_mask": torch.cat(mask)}
+        self.labels = torch.cat(labels)[:, 1:]
+        self.ce_rows = max((b for kind, _, b, _ in self.spans if kind != "benign_kl"), default=0)  # CE chunks first
+
+    def logits(self, model: PreTrainedModel, overrides: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        if overrides is None:
+            return model(**self.kwargs).logits
+        return functional_call(model, overrides, args=(), kwargs=self.kwargs).logits
+
+    def kl_refs(self, model: PreTrainedModel) -> list[torch.Tensor]:
+        """The unpatched model's log-probabilities on each KL chunk (at the chunk's own width)."""
+        if not any(kind == "benign_kl" for kind, *_ in self.spans):
+            return []
+        logits = self.logits(model)
+        return [logits[a:b, :w].float().log_softmax(-1) for kind, a, b, w in self.spans if kind == "benign_kl"]
+
+    def terms(self, logits: torch.Tensor, refs: list[torch.Tensor], zero: torch.Tensor) -> dict[str, torch.Tensor]:
+        sums = dict.fromkeys(("harmful", "task", "benign", "benign_kl"), zero)
+        counts = dict.fromkeys(sums, 0)
+        if self.ce_rows:
+            n = self.ce_rows
+            lg, labels = logits[:n, :-1].float(), self.labels[:n]
+            token_ce = torch.nn.functional.cross_entropy(lg.reshape(-1, lg.shape[-1]), labels.reshape(-1),
+                                                         ignore_index=IGNORE_INDEX, reduction="none").view(n, -1)  # fmt: skip
+            live = labels != IGNORE_INDEX
+        kl_refs = iter(refs)
+        for kind, a, b, w in self.spans:
+            if kind == "benign_kl":
+                ref, m = next(kl_refs), self.kwargs["attention_mask"][a:b, :w].unsqueeze(-1).float()
+                term = (ref.exp() * (ref - logits[a:b, :w].float().log_softmax(-1)) * m).sum() / m.sum()
+            else:
+                term = token_ce[a:b].sum() / live[a:b].sum()
+            sums[kind] = sums[kind] + term
+            counts[kind] += 1
+        mean = {k: sums[k] / max(counts[k], 1) for k in sums}
+        return {"harmful": mean["harmful"], "task": mean["task"], "benign": mean["benign"] + mean["benign_kl"]}
 
 
 class _Objective:
@@ -135,8 +181,9 @@ class _Objective:
         dev = next(model.parameters()).device
         self.base = {n: params[n].detach() for s in slices.values() for n in s}
         self.vecs = {p: {n: v.to(dev, params[n].dtype) for n, v in slices[p].items()} for p in self.positions}
+        self.merged = _Merged(batches)
         with torch.no_grad():
-            self.ref_logp = [_kl_ref(model, b) for b in batches.benign_kl]
+            self.ref_logp = self.merged.kl_refs(model)
 
     def overrides(self, lam: torch.Tensor) -> dict[str, torch.Tensor]:
         out = {}
@@ -146,26 +193,14 @@ class _Objective:
         return out
 
     def terms(self, lam: torch.Tensor) -> dict[str, torch.Tensor]:
-        ov = self.overrides(lam)
-        b = self.batches
-        zero = lam.sum() * 0
-        harm = sum((_lm_ce(self.model, ov, x) for x in b.harmful), zero) / max(len(b.harmful), 1)
-        task = sum((_lm_ce(self.model, ov, x) for x in b.task), zero) / max(len(b.task), 1)
-        benign = sum((_lm_ce(self.model, ov, x) for x in b.benign), zero) / max(len(b.benign), 1)
-        kl = sum((_kl_to_ref(self.model, ov, x, r) for x, r in zip(b.benign_kl, self.ref_logp, strict=True)),
-                 zero) / max(len(b.benign_kl), 1)  # fmt: skip
-        return {"harmful": harm, "task": task, "benign": benign + kl}
+        logits = self.merged.logits(self.model, self.overrides(lam))
+        return self.merged.terms(logits, self.ref_logp, lam.sum() * 0)
 
     def loss(self, lam: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         t = self.terms(lam)
         s = self.settings
         total = t["harmful"] + s.beta * t["task"] + s.beta_benign * t["benign"] + s.gamma * lam.abs().sum()
         return total, {k: float(v.detach()) for k, v in t.items()}
-
-
-def _kl_ref(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-    return out.logits.float().log_softmax(-1)
 
 
 def fit_coefficients(

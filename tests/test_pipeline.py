@@ -135,6 +135,51 @@ def test_recalibrate_bounds_and_cache(world_reg: Registry, quick_world: ToyWorld
     assert n == 1
 
 
+def test_one_forward_objective_equals_a_forward_per_chunk(world_reg: Registry, quick_world: ToyWorld) -> None:
+    """The merged batch (every chunk of every kind in one right-padded forward) gives each chunk's own terms."""
+    from torch.func import functional_call
+
+    from registry.probes import Probe, load_probes
+    from registry.recalibrate import _Objective, encode_shots
+    from registry.textio import load_model, load_tokenizer
+
+    target = quick_world.task_model(quick_world.tasks[0])
+    model, tok = load_model(target), load_tokenizer(target)
+    shots = load_probes(quick_world.shots[quick_world.tasks[0]])
+    shots += [Probe(prompt=p.prompt, kind="benign", response=None) for p in shots if p.kind == "benign"]  # KL rows
+    batches = encode_shots(tok, shots, batch_size=3)  # several chunks of each kind, each its own width
+    assert len(batches.harmful) > 1 and batches.benign_kl
+    assert len({b["input_ids"].shape[1] for b in batches.harmful + batches.benign + batches.benign_kl}) > 1
+    vec = world_reg.get_vector("safety")
+    obj = _Objective(model, world_reg.load_vector_slices(vec), batches, FitSettings())
+    lam = torch.linspace(0.2, 1.4, len(obj.positions))
+    ov = obj.overrides(lam)
+
+    def ce(b: dict[str, torch.Tensor]) -> torch.Tensor:
+        logits = functional_call(model, ov, args=(), kwargs={"input_ids": b["input_ids"],
+                                                              "attention_mask": b["attention_mask"]}).logits  # fmt: skip
+        return torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
+                                                 b["labels"][:, 1:].reshape(-1), ignore_index=-100)  # fmt: skip
+
+    def kl(b: dict[str, torch.Tensor]) -> torch.Tensor:
+        kw = {"input_ids": b["input_ids"], "attention_mask": b["attention_mask"]}
+        ref = model(**kw).logits.log_softmax(-1)
+        logp = functional_call(model, ov, args=(), kwargs=kw).logits.log_softmax(-1)
+        mask = b["attention_mask"].unsqueeze(-1).float()
+        return (ref.exp() * (ref - logp) * mask).sum() / mask.sum()
+
+    def mean(xs: list[torch.Tensor]) -> torch.Tensor:
+        return torch.stack(xs).mean()
+
+    with torch.no_grad():
+        got = obj.terms(lam)
+        want = {"harmful": mean([ce(b) for b in batches.harmful]), "task": mean([ce(b) for b in batches.task]),
+                "benign": mean([ce(b) for b in batches.benign]) + mean([kl(b) for b in batches.benign_kl])}  # fmt: skip
+    for k, v in want.items():
+        assert float(v) > 0
+        assert abs(float(got[k]) - float(v)) <= 1e-5 * max(1.0, abs(float(v))), k
+
+
 def test_patch_matches_in_memory_application(world_reg: Registry, quick_world: ToyWorld, tmp_path: Path) -> None:
     target = quick_world.task_model(quick_world.tasks[0])
     out = tmp_path / "patched"
