@@ -368,6 +368,9 @@ def _check_blob_list(man: dict[str, Any], max_bytes: int) -> None:
             raise InvalidInputError("bundle manifest: a blob hash is malformed or listed twice")
         if b["raw_size"] < 0 or b["stored_size"] < 0:
             raise InvalidInputError("bundle manifest: negative blob size")
+        if b["codec"] not in _codec.CODECS:  # before any blob is read: a newer writer's codec, not damage
+            raise InvalidInputError(f"bundle blob {b['sha256'][:12]} is stored with codec {b['codec'][:40]!r}, which "
+                                    f"this version of safegene ({__version__}) cannot read; upgrade safegene")  # fmt: skip
         seen.add(b["sha256"])
         total += b["raw_size"]
     if total > max_bytes:

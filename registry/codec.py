@@ -344,7 +344,10 @@ def decode(stored: Buffer, *, max_size: int | None = None, scratch: Scratch | No
     if len(stored) < _HEADER.size:
         raise IntegrityCheckError("blob is shorter than its header")
     magic, cid, width, flags, skip, raw_size, digest = _HEADER.unpack_from(stored)
-    if (magic != MAGIC or cid not in _BY_ID or width not in (1, 2, 4) or flags & ~FLAG_SHA256 or skip > raw_size
+    if magic == MAGIC and cid not in _BY_ID:
+        raise IntegrityCheckError(f"blob is stored with codec id {cid}, which this version of safegene cannot read "
+                                  "(written by a newer version?); upgrade safegene")  # fmt: skip
+    if (magic != MAGIC or width not in (1, 2, 4) or flags & ~FLAG_SHA256 or skip > raw_size
             or raw_size >= 1 << 62):  # no payload is that large (and 2**64 - 1 means "unknown" to zstd)
         raise IntegrityCheckError("blob header is not a SafeGene blob header")
     body = memoryview(stored)[_HEADER.size :]

@@ -224,6 +224,9 @@ def test_path_traversal_and_lying_sizes(bundles: dict[str, Path], sqlite_reg: Re
     man["vector"]["meta"]["shapes"] = {k: [1] for k in man["vector"]["meta"]["shapes"]}
     cases["shapes"] = (_pack(_rehash(plain, man)), IntegrityCheckError, "shapes")
     man = json.loads(plain[0][1])
+    man["blobs"][0]["codec"] = "zstd-from-a-newer-release"
+    cases["codec"] = (_pack(_rehash(plain, man)), InvalidInputError, "cannot read; upgrade safegene")
+    man = json.loads(plain[0][1])
     man["family"]["key"]["num_layers"] = 99
     cases["family"] = (_pack(_rehash(plain, man)), IntegrityCheckError, "family id")
     for label, (data, exc, match) in cases.items():

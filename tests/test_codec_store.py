@@ -160,6 +160,17 @@ def test_a_plane_frame_yielding_more_than_its_share_is_refused(lie: str) -> None
     assert all(b.size <= raw_size for b in scratch._bufs.values())  # nothing larger was ever allocated
 
 
+def test_a_codec_this_version_does_not_know_says_upgrade(tmp_path: Path) -> None:
+    name, stored = codec.encode(b"x" * 1000)
+    future = bytearray(stored)
+    future[4] = 200  # the codec id byte, after the 4-byte magic
+    with pytest.raises(IntegrityCheckError, match="codec id 200, which this version of safegene cannot read"):
+        codec.decode(bytes(future))
+    future[:4] = b"NOPE"
+    with pytest.raises(IntegrityCheckError, match="not a SafeGene blob header"):
+        codec.decode(bytes(future))
+
+
 def test_missing_blob_is_reported(tmp_path: Path) -> None:
     store, sha, _ = _store_one(tmp_path)
     store.path_for(sha).unlink()
