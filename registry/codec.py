@@ -346,7 +346,7 @@ def decode(stored: Buffer, *, max_size: int | None = None, scratch: Scratch | No
     magic, cid, width, flags, skip, raw_size, digest = _HEADER.unpack_from(stored)
     if magic == MAGIC and cid not in _BY_ID:
         raise IntegrityCheckError(f"blob is stored with codec id {cid}, which this version of safegene cannot read "
-                                  "(written by a newer version?); upgrade safegene")  # fmt: skip
+                                  "(written by a newer version, or damaged); upgrade safegene, or restore the blob")  # fmt: skip
     if (magic != MAGIC or width not in (1, 2, 4) or flags & ~FLAG_SHA256 or skip > raw_size
             or raw_size >= 1 << 62):  # no payload is that large (and 2**64 - 1 means "unknown" to zstd)
         raise IntegrityCheckError("blob header is not a SafeGene blob header")

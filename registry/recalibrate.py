@@ -18,7 +18,7 @@ keeps the fit from converging to "refuse everything" (RESTA's failure mode).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -107,19 +107,14 @@ def check_fits(model: PreTrainedModel, slices: Slices) -> None:
         raise IncompatibleError("the vector does not fit the model", problems)
 
 
-class _Merged:
-    """Every shot batch of every kind as one right-padded batch: one forward per loss evaluation.
+class _Group:
+    """Consecutive shot chunks (any kinds) as one right-padded batch: one forward for all of them.
 
     With right padding a row's real positions never attend to its padding, so
-    each chunk's terms are what its own forward would give. On a small model
-    the per-forward overhead (parameter substitution, kernel launches) is most
-    of a step, so one forward replaces one per chunk and kind. Chunk terms keep
-    their definitions: a CE chunk is the mean over its labelled tokens, a KL
-    chunk the masked mean against the unpatched model.
+    each chunk's terms are what its own forward would give.
     """
 
-    def __init__(self, batches: ShotBatches) -> None:
-        chunks = [(kind, b) for kind in ("harmful", "task", "benign", "benign_kl") for b in getattr(batches, kind)]
+    def __init__(self, chunks: list[tuple[str, dict[str, torch.Tensor]]]) -> None:
         width = max(b["input_ids"].shape[1] for _, b in chunks)
         self.spans: list[tuple[str, int, int, int]] = []  # kind, first row, end row, own width
         ids, mask, labels = [], [], []
@@ -137,38 +132,43 @@ class _Merged:
         self.labels = torch.cat(labels)[:, 1:]
         self.ce_rows = max((b for kind, _, b, _ in self.spans if kind != "benign_kl"), default=0)  # CE chunks first
 
-    def logits(self, model: PreTrainedModel, overrides: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-        if overrides is None:
-            return model(**self.kwargs).logits
-        return functional_call(model, overrides, args=(), kwargs=self.kwargs).logits
-
-    def kl_refs(self, model: PreTrainedModel) -> list[torch.Tensor]:
-        """The unpatched model's log-probabilities on each KL chunk (at the chunk's own width)."""
-        if not any(kind == "benign_kl" for kind, *_ in self.spans):
-            return []
-        logits = self.logits(model)
-        return [logits[a:b, :w].float().log_softmax(-1) for kind, a, b, w in self.spans if kind == "benign_kl"]
-
-    def terms(self, logits: torch.Tensor, refs: list[torch.Tensor], zero: torch.Tensor) -> dict[str, torch.Tensor]:
-        sums = dict.fromkeys(("harmful", "task", "benign", "benign_kl"), zero)
-        counts = dict.fromkeys(sums, 0)
+    def chunk_terms(self, model: PreTrainedModel, overrides: dict[str, torch.Tensor],
+                    refs: Iterator[torch.Tensor]) -> Iterator[tuple[str, torch.Tensor]]:  # fmt: skip
+        """(kind, term) of each chunk: CE is the mean over its labelled tokens, KL the masked mean vs ``refs``."""
+        logits = functional_call(model, overrides, args=(), kwargs=self.kwargs).logits
         if self.ce_rows:
             n = self.ce_rows
             lg, labels = logits[:n, :-1].float(), self.labels[:n]
             token_ce = torch.nn.functional.cross_entropy(lg.reshape(-1, lg.shape[-1]), labels.reshape(-1),
                                                          ignore_index=IGNORE_INDEX, reduction="none").view(n, -1)  # fmt: skip
             live = labels != IGNORE_INDEX
-        kl_refs = iter(refs)
         for kind, a, b, w in self.spans:
             if kind == "benign_kl":
-                ref, m = next(kl_refs), self.kwargs["attention_mask"][a:b, :w].unsqueeze(-1).float()
-                term = (ref.exp() * (ref - logits[a:b, :w].float().log_softmax(-1)) * m).sum() / m.sum()
+                ref, m = next(refs), self.kwargs["attention_mask"][a:b, :w].unsqueeze(-1).float()
+                yield kind, (ref.exp() * (ref - logits[a:b, :w].float().log_softmax(-1)) * m).sum() / m.sum()
             else:
-                term = token_ce[a:b].sum() / live[a:b].sum()
-            sums[kind] = sums[kind] + term
-            counts[kind] += 1
-        mean = {k: sums[k] / max(counts[k], 1) for k in sums}
-        return {"harmful": mean["harmful"], "task": mean["task"], "benign": mean["benign"] + mean["benign_kl"]}
+                yield kind, token_ce[a:b].sum() / live[a:b].sum()
+
+
+def _groups(batches: ShotBatches, max_rows: int) -> list[_Group]:
+    """The chunks of every kind, in order, grouped into forwards of at most ``max_rows`` rows (or one chunk).
+
+    On a small model the per-forward overhead (parameter substitution, kernel
+    launches) is much of a step, so the few shots of a recalibration (one chunk
+    per kind) share one forward; ``batch_size`` still bounds a forward's rows.
+    """
+    groups: list[list[tuple[str, dict[str, torch.Tensor]]]] = []
+    rows = 0
+    for kind in ("harmful", "task", "benign", "benign_kl"):
+        for b in getattr(batches, kind):
+            n = b["input_ids"].shape[0]
+            if groups and rows + n <= max_rows:
+                groups[-1].append((kind, b))
+                rows += n
+            else:
+                groups.append([(kind, b)])
+                rows = n
+    return [_Group(g) for g in groups]
 
 
 class _Objective:
@@ -181,9 +181,9 @@ class _Objective:
         dev = next(model.parameters()).device
         self.base = {n: params[n].detach() for s in slices.values() for n in s}
         self.vecs = {p: {n: v.to(dev, params[n].dtype) for n, v in slices[p].items()} for p in self.positions}
-        self.merged = _Merged(batches)
+        self.groups = _groups(batches, settings.batch_size)
         with torch.no_grad():
-            self.ref_logp = self.merged.kl_refs(model)
+            self.ref_logp = [_kl_ref(model, b) for b in batches.benign_kl]
 
     def overrides(self, lam: torch.Tensor) -> dict[str, torch.Tensor]:
         out = {}
@@ -193,14 +193,27 @@ class _Objective:
         return out
 
     def terms(self, lam: torch.Tensor) -> dict[str, torch.Tensor]:
-        logits = self.merged.logits(self.model, self.overrides(lam))
-        return self.merged.terms(logits, self.ref_logp, lam.sum() * 0)
+        ov, refs = self.overrides(lam), iter(self.ref_logp)
+        zero = lam.sum() * 0
+        sums = dict.fromkeys(("harmful", "task", "benign", "benign_kl"), zero)
+        counts = dict.fromkeys(sums, 0)
+        for group in self.groups:
+            for kind, term in group.chunk_terms(self.model, ov, refs):
+                sums[kind] = sums[kind] + term
+                counts[kind] += 1
+        mean = {k: sums[k] / max(counts[k], 1) for k in sums}
+        return {"harmful": mean["harmful"], "task": mean["task"], "benign": mean["benign"] + mean["benign_kl"]}
 
     def loss(self, lam: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         t = self.terms(lam)
         s = self.settings
         total = t["harmful"] + s.beta * t["task"] + s.beta_benign * t["benign"] + s.gamma * lam.abs().sum()
         return total, {k: float(v.detach()) for k, v in t.items()}
+
+
+def _kl_ref(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    return out.logits.float().log_softmax(-1)
 
 
 def fit_coefficients(

@@ -151,9 +151,14 @@ def test_one_forward_objective_equals_a_forward_per_chunk(world_reg: Registry, q
     assert len(batches.harmful) > 1 and batches.benign_kl
     assert len({b["input_ids"].shape[1] for b in batches.harmful + batches.benign + batches.benign_kl}) > 1
     vec = world_reg.get_vector("safety")
-    obj = _Objective(model, world_reg.load_vector_slices(vec), batches, FitSettings())
-    lam = torch.linspace(0.2, 1.4, len(obj.positions))
-    ov = obj.overrides(lam)
+    slices = world_reg.load_vector_slices(vec)
+    rows = sum(b["input_ids"].shape[0] for b in batches.harmful + batches.task + batches.benign + batches.benign_kl)
+    one = _Objective(model, slices, batches, FitSettings(batch_size=rows))  # every chunk in one forward
+    capped = _Objective(model, slices, batches, FitSettings(batch_size=7))  # forwards of at most 7 rows
+    assert len(one.groups) == 1 and len(capped.groups) > 1
+    assert all(g.kwargs["input_ids"].shape[0] <= 7 for g in capped.groups)
+    lam = torch.linspace(0.2, 1.4, len(one.positions))
+    ov = one.overrides(lam)
 
     def ce(b: dict[str, torch.Tensor]) -> torch.Tensor:
         logits = functional_call(model, ov, args=(), kwargs={"input_ids": b["input_ids"],
@@ -172,12 +177,13 @@ def test_one_forward_objective_equals_a_forward_per_chunk(world_reg: Registry, q
         return torch.stack(xs).mean()
 
     with torch.no_grad():
-        got = obj.terms(lam)
+        got, got_capped = one.terms(lam), capped.terms(lam)
         want = {"harmful": mean([ce(b) for b in batches.harmful]), "task": mean([ce(b) for b in batches.task]),
                 "benign": mean([ce(b) for b in batches.benign]) + mean([kl(b) for b in batches.benign_kl])}  # fmt: skip
     for k, v in want.items():
         assert float(v) > 0
         assert abs(float(got[k]) - float(v)) <= 1e-5 * max(1.0, abs(float(v))), k
+        assert abs(float(got_capped[k]) - float(v)) <= 1e-5 * max(1.0, abs(float(v))), k
 
 
 def test_patch_matches_in_memory_application(world_reg: Registry, quick_world: ToyWorld, tmp_path: Path) -> None:
