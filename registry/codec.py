@@ -56,9 +56,18 @@ _LEN = struct.Struct("<Q")
 LEVEL = 3
 _THREADS_MIN_BYTES = 8 << 20  # below this zstd's worker threads cost more than they win
 _UINT: dict[int, np.dtype[Any]] = {2: np.dtype("<u2"), 4: np.dtype("<u4")}
-_WORKERS = min(4, os.cpu_count() or 1)
+_CORES = os.cpu_count() or 1
+_WORKERS = min(4, _CORES)
 _ZSTD_THREADS = max(2, min(4, os.cpu_count() or 1))  # zstd workers per frame: as many as cores measured best (2 cores: 750 MB/s vs 700 with 3, 585 with 1)
 Buffer = bytes | bytearray | memoryview
+
+
+def _plane_threads(planes: int) -> int:
+    """zstd workers per plane when ``planes`` are compressed side by side: none
+    unless the cores outnumber the planes at least twice (then the extra CPU of
+    zstd's jobs buys wall time on otherwise idle cores)."""
+    per = _CORES // max(1, min(planes, _WORKERS))
+    return min(4, per) if planes > 1 and per >= 2 else 0
 
 
 class Scratch:
@@ -135,8 +144,9 @@ class Codec(abc.ABC):
         # Measured on the scale benchmark's planes: zstd's workers cost 45 % more
         # CPU than one thread for the same frame (jobs of 4 MiB, each reloading
         # its window), which extraction, CPU-bound on 2 cores, pays in full.
-        parallel = big and sum(size >= _THREADS_MIN_BYTES // width for size, _ in segments) > 1
-        threads = _ZSTD_THREADS if big and not parallel else 0
+        planes = sum(size >= _THREADS_MIN_BYTES // width for size, _ in segments) if big else 0
+        parallel = planes > 1
+        threads = _ZSTD_THREADS if big and not parallel else _plane_threads(planes)
 
         def frame(size: int, chunks: Callable[[], Iterator[Any]]) -> list[bytes]:
             # Streamed into its frame chunk by chunk as it is made (a plane never
