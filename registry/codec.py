@@ -140,7 +140,8 @@ class Codec(abc.ABC):
         segments = list(zip(self.segment_sizes(len(payload), skip=skip, width=width),
                             self.segment_chunks(payload, skip=skip, width=width), strict=True))  # fmt: skip
         # Several large segments (byte planes) are compressed side by side, one
-        # single-threaded compressor each; one segment uses zstd's own workers.
+        # compressor each (single-threaded unless cores outnumber the planes twice:
+        # _plane_threads); one large segment uses zstd's own workers.
         # Measured on the scale benchmark's planes: zstd's workers cost 45 % more
         # CPU than one thread for the same frame (jobs of 4 MiB, each reloading
         # its window), which extraction, CPU-bound on 2 cores, pays in full.
