@@ -35,11 +35,6 @@ _KEY_TYPES = {"model_type": str, "architecture": str, "num_layers": int, "hidden
               "head_dim": (int, type(None)), "tied_embeddings": bool}  # fmt: skip
 
 
-def codec_name(stored: bytes) -> str:
-    by_id = {c.codec_id: c.name for c in _codec.CODECS.values()}
-    return by_id.get(stored[4], "unknown") if len(stored) > 4 else "unknown"
-
-
 def _no_nan(token: str) -> Any:
     raise ValueError(f"{token} is not allowed")
 
@@ -97,7 +92,7 @@ def check_blob(blob: dict[str, Any], stored: bytes) -> Slice:
         payload = _codec.decode(stored, max_size=blob["raw_size"])  # caps decompression: no zstd bombs
     except IntegrityCheckError as exc:
         raise IntegrityCheckError(f"bundle blob {sha[:12]}: {exc}") from None
-    if len(payload) != blob["raw_size"] or sha256_hex(payload) != sha or codec_name(stored) != blob["codec"]:
+    if len(payload) != blob["raw_size"] or sha256_hex(payload) != sha or _codec.codec_name(stored) != blob["codec"]:
         raise IntegrityCheckError(f"bundle blob {sha[:12]}: decoded content does not match its name or size")
     try:
         tensors = decode_slice(payload)

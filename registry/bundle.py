@@ -55,7 +55,6 @@ from ._bundle_manifest import (
     check_blob,
     check_blob_list,
     check_layers,
-    codec_name,
     parse_manifest,
 )
 from ._catalog import check_name
@@ -170,7 +169,7 @@ def _blob_entry(reg: Registry, sha: str) -> dict[str, Any]:
     payload = _codec.decode(stored)
     if sha256_hex(payload) != sha:
         raise IntegrityCheckError(f"blob {sha[:12]} is corrupt in the store; run `safegene verify`")
-    return {"sha256": sha, "codec": codec_name(stored), "raw_size": len(payload), "stored_size": len(stored),
+    return {"sha256": sha, "codec": _codec.codec_name(stored), "raw_size": len(payload), "stored_size": len(stored),
             "stored_sha256": sha256_hex(stored)}  # fmt: skip
 
 

@@ -162,7 +162,7 @@ class BlobStore:
             return None
         with open(path, "rb") as fh:
             head = fh.read(5)
-        return BlobInfo(sha, _codec_name(head), raw_size, path.stat().st_size)
+        return BlobInfo(sha, _codec.codec_name(head), raw_size, path.stat().st_size)
 
     def get(self, sha: str, *, max_size: int | None = None, scratch: _codec.Scratch | None = None,
             stored_sha256: str | None = None,
@@ -229,11 +229,6 @@ class BlobStore:
         finally:
             os.close(fd)
 
-    def stored_sha256(self, sha: str) -> str:
-        """sha256 of the stored file itself (what ``blobs.stored_sha256`` records)."""
-        with open(self.path_for(sha), "rb") as fh:
-            return hashlib.file_digest(fh, "sha256").hexdigest()
-
     def delete(self, sha: str) -> None:
         self.path_for(sha).unlink(missing_ok=True)
 
@@ -273,11 +268,3 @@ def _pid_alive(temp_name: str) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _codec_name(head: bytes) -> str:
-    if len(head) == 5 and head[:4] == _codec.MAGIC:
-        for c in _codec.CODECS.values():
-            if c.codec_id == head[4]:
-                return c.name
-    return "unknown"

@@ -115,6 +115,13 @@ def test_verify_finds_missing_and_corrupt_blobs_and_gc_clears_orphans(chain_reg:
     assert store.exists(vec.layers[1].blob)  # referenced blobs are never collected
 
 
+def _file_sha256(store, sha: str) -> str:  # type: ignore[no-untyped-def]
+    """sha256 of a blob's stored file itself (what ``blobs.stored_sha256`` records)."""
+    import hashlib
+
+    return hashlib.sha256(store.path_for(sha).read_bytes()).hexdigest()
+
+
 def test_blob_files_are_trusted_once_verified_and_checked_in_full_when_changed(chain_reg: Registry) -> None:
     from registry import codec
     from registry.vectors import decode_slice
@@ -124,7 +131,7 @@ def test_blob_files_are_trusted_once_verified_and_checked_in_full_when_changed(c
     shas = [lay.blob for lay in vec.layers]
     # chain_reg's patches read every slice once: each file passed the full check and was recorded
     rows = chain_reg.blob_rows(shas)
-    assert all(rows[sha].stored_sha256 == store.stored_sha256(sha) for sha in shas)
+    assert all(rows[sha].stored_sha256 == _file_sha256(store, sha) for sha in shas)
     lay = vec.layers[0]
     before = chain_reg.load_vector_slices(vec, positions=[lay.position])[lay.position]
     # Rewrite one blob with another valid encoding of the same payload: the file no longer
@@ -132,10 +139,10 @@ def test_blob_files_are_trusted_once_verified_and_checked_in_full_when_changed(c
     payload = bytes(store.get(lay.blob))
     skip = 8 + int.from_bytes(payload[:8], "little")
     store.path_for(lay.blob).write_bytes(codec.encode(payload, skip=skip, width=4, codec="zstd-bytegroup")[1])
-    assert store.stored_sha256(lay.blob) != rows[lay.blob].stored_sha256
+    assert _file_sha256(store, lay.blob) != rows[lay.blob].stored_sha256
     after = chain_reg.load_vector_slices(vec, positions=[lay.position])[lay.position]
     assert all(torch.equal(before[n], after[n]) for n in before)
-    assert chain_reg.blob_rows([lay.blob])[lay.blob].stored_sha256 == store.stored_sha256(lay.blob)
+    assert chain_reg.blob_rows([lay.blob])[lay.blob].stored_sha256 == _file_sha256(store, lay.blob)
     assert chain_reg.verify().ok
     # A file that matches its record is trusted as it is: here one whose header digest is
     # wrong loads when its record says so, and is refused by the full check otherwise.
@@ -144,7 +151,7 @@ def test_blob_files_are_trusted_once_verified_and_checked_in_full_when_changed(c
     store.path_for(lay.blob).write_bytes(bytes(bad))
     with pytest.raises(IntegrityCheckError, match="digest"):
         chain_reg.load_vector_slices(vec, positions=[lay.position])
-    vouched = store.get(lay.blob, stored_sha256=store.stored_sha256(lay.blob))
+    vouched = store.get(lay.blob, stored_sha256=_file_sha256(store, lay.blob))
     assert sorted(decode_slice(vouched)) == sorted(before)
 
 
