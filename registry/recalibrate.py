@@ -175,7 +175,7 @@ class _Objective:
     """The loss as a function of the coefficient vector."""
 
     def __init__(self, model: PreTrainedModel, slices: Slices, batches: ShotBatches, settings: FitSettings) -> None:
-        self.model, self.settings, self.batches = model, settings, batches
+        self.model, self.settings = model, settings
         self.positions = sorted(slices)
         params = dict(model.named_parameters())
         dev = next(model.parameters()).device
