@@ -240,6 +240,50 @@ def test_planes_use_zstd_workers_when_cores_outnumber_them(monkeypatch: pytest.M
     assert bytes(codec.decode(threaded)) == payload == bytes(codec.decode(single))
 
 
+def _frames(stored: bytes) -> list[bytes]:
+    pos, out = struct.calcsize("<4sBBHIQ16s"), []
+    while pos < len(stored):
+        (n,) = struct.unpack_from("<Q", stored, pos)
+        out.append(stored[pos + 8 : pos + 8 + n])
+        pos += 8 + n
+    return out
+
+
+def test_the_exponent_plane_is_an_ordinary_sized_zstd_frame_with_huffman_literals(
+        monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """The top plane goes through zstd's C API (cffi) with literals always Huffman-coded: smaller than
+    the C backend's frame for it, still a plain zstd frame stating its size; without cffi, the old path."""
+    from registry import _zstd_literals
+
+    assert _zstd_literals.AVAILABLE, "zstandard's cffi backend is missing: pip install cffi"
+    g = torch.Generator().manual_seed(3)
+    payload = save({"d": (torch.randn(1_000_000, generator=g) * 1e-3).to(torch.bfloat16).float()})
+    skip = payload_skip_of(payload)
+    _, stored = codec.encode(payload, skip=skip, width=4)
+    monkeypatch.setattr(_zstd_literals, "AVAILABLE", False)
+    _, fallback = codec.encode(payload, skip=skip, width=4)
+    new, old = _frames(stored), _frames(fallback)
+    assert new[0] == old[0] and new[2:] == old[2:]  # only the exponent plane's frame differs
+    assert len(new[1]) < len(old[1])
+    plane = zstandard.ZstdDecompressor().decompress(new[1])
+    assert zstandard.get_frame_parameters(new[1]).content_size == len(plane) == (len(payload) - skip) // 4
+    assert plane == zstandard.ZstdDecompressor().decompress(old[1])
+    assert bytes(codec.decode(stored)) == payload == bytes(codec.decode(fallback))
+
+
+def test_the_literals_compressor_holds_to_its_pledged_size() -> None:
+    from registry import _zstd_literals
+
+    obj = _zstd_literals.LiteralsCompressor(10, _zstd_literals.exponent_params())
+    obj.compress(b"x" * 6)
+    with pytest.raises(RuntimeError, match="zstd: "):
+        obj.flush()
+    obj = _zstd_literals.LiteralsCompressor(3 << 20, _zstd_literals.exponent_params(threads=2))
+    data = bytes(range(256)) * (3 << 12)
+    frame = b"".join([obj.compress(data[: 1 << 20]), obj.compress(data[1 << 20 :]), obj.flush()])
+    assert zstandard.ZstdDecompressor().decompress(frame) == data
+
+
 def test_slice_buffers_decode_like_safetensors_and_share_writable_memory() -> None:
     from safetensors.torch import load
 
