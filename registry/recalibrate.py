@@ -174,7 +174,9 @@ def _groups(batches: ShotBatches, max_rows: int) -> list[_Group]:
 class _Objective:
     """The loss as a function of the coefficient vector."""
 
-    def __init__(self, model: PreTrainedModel, slices: Slices, batches: ShotBatches, settings: FitSettings) -> None:
+    def __init__(self, model: PreTrainedModel, slices: Slices, batches: ShotBatches, settings: FitSettings,
+                 *, ref_logp: list[torch.Tensor] | None = None) -> None:  # fmt: skip
+        """``ref_logp``: the unpatched model's log-probabilities on the KL chunks, when already computed."""
         self.model, self.settings = model, settings
         self.positions = sorted(slices)
         params = dict(model.named_parameters())
@@ -182,8 +184,7 @@ class _Objective:
         self.base = {n: params[n].detach() for s in slices.values() for n in s}
         self.vecs = {p: {n: v.to(dev, params[n].dtype) for n, v in slices[p].items()} for p in self.positions}
         self.groups = _groups(batches, settings.batch_size)
-        with torch.no_grad():
-            self.ref_logp = [_kl_ref(model, b) for b in batches.benign_kl]
+        self.ref_logp = ref_logp if ref_logp is not None else kl_refs(model, batches)
 
     def overrides(self, lam: torch.Tensor) -> dict[str, torch.Tensor]:
         out = {}
@@ -211,9 +212,11 @@ class _Objective:
         return total, {k: float(v.detach()) for k, v in t.items()}
 
 
-def _kl_ref(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-    return out.logits.float().log_softmax(-1)
+@torch.no_grad()
+def kl_refs(model: PreTrainedModel, batches: ShotBatches) -> list[torch.Tensor]:
+    """The unpatched model's log-probabilities on each KL chunk (the benign shots without an answer)."""
+    return [model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits.float().log_softmax(-1)
+            for b in batches.benign_kl]  # fmt: skip
 
 
 def fit_coefficients(
@@ -289,9 +292,14 @@ def score_layers(model: PreTrainedModel, slices: Slices, batches: ShotBatches, *
     dev = next(model.parameters()).device
     out = []
     with torch.no_grad():
+        # The unpatched model's terms and KL references are the same for every
+        # slice: computed once, each slice then costs one forward.
+        refs = kl_refs(model, batches)
+        base: dict[str, torch.Tensor] | None = None
         for i, pos in enumerate(sorted(slices)):
-            obj = _Objective(model, {pos: slices[pos]}, batches, settings)
-            base = obj.terms(torch.zeros(1, device=dev))
+            obj = _Objective(model, {pos: slices[pos]}, batches, settings, ref_logp=refs)
+            if base is None:
+                base = obj.terms(torch.zeros(1, device=dev))
             added = obj.terms(torch.ones(1, device=dev))
             gain = float(base["harmful"] - added["harmful"])
             cost = float(beta * (added["task"] - base["task"]) + (added["benign"] - base["benign"]))

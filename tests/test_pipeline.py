@@ -186,6 +186,34 @@ def test_one_forward_objective_equals_a_forward_per_chunk(world_reg: Registry, q
         assert abs(float(got_capped[k]) - float(v)) <= 1e-5 * max(1.0, abs(float(v))), k
 
 
+def test_layer_scores_equal_a_fresh_objective_per_slice(world_reg: Registry, quick_world: ToyWorld) -> None:
+    """score_layers computes the unpatched terms and KL references once: each slice's score is still what
+    its own objective, built from scratch, gives at λ = 0 and λ = 1."""
+    from registry.probes import Probe, load_probes
+    from registry.recalibrate import _Objective, encode_shots, score_layers
+    from registry.textio import load_model, load_tokenizer
+
+    target = quick_world.task_model(quick_world.tasks[0])
+    model, tok = load_model(target), load_tokenizer(target)
+    shots = load_probes(quick_world.shots[quick_world.tasks[0]])
+    shots += [Probe(prompt=p.prompt, kind="benign", response=None) for p in shots if p.kind == "benign"]  # KL rows
+    batches = encode_shots(tok, shots, batch_size=4)
+    assert batches.benign_kl
+    slices = world_reg.load_vector_slices(world_reg.get_vector("safety"))
+    blocks = {p: s for p, s in slices.items() if p in sorted(slices)[:3]}
+    got = score_layers(model, blocks, batches, beta=0.5)
+    assert [s.position for s in got] == sorted(blocks)
+    settings = FitSettings(beta=0.5, gamma=0.0)
+    with torch.no_grad():
+        for s in got:
+            obj = _Objective(model, {s.position: blocks[s.position]}, batches, settings)
+            base, added = obj.terms(torch.zeros(1)), obj.terms(torch.ones(1))
+            gain = float(base["harmful"] - added["harmful"])
+            cost = float(0.5 * (added["task"] - base["task"]) + (added["benign"] - base["benign"]))
+            assert (s.safety_gain, s.task_cost) == pytest.approx((gain, cost), rel=1e-6, abs=1e-7)
+    assert len({round(s.score, 6) for s in got}) == len(got)  # the slices were told apart
+
+
 def test_patch_matches_in_memory_application(world_reg: Registry, quick_world: ToyWorld, tmp_path: Path) -> None:
     target = quick_world.task_model(quick_world.tasks[0])
     out = tmp_path / "patched"
