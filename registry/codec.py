@@ -133,7 +133,7 @@ class Codec(abc.ABC):
         """The zstd compressor for this codec's segments (settings are not part of the format)."""
         return zstandard.ZstdCompressor(level=LEVEL, threads=threads, write_content_size=True)
 
-    def frame_compressor(self, index: int, size: int, *, width: int, threads: int = 0) -> Any:
+    def frame_compressor(self, index: int, size: int, *, threads: int = 0) -> Any:
         """The streaming compressor (``compress``/``flush``) for segment ``index``, of ``size`` bytes."""
         return self.compressor(threads=threads).compressobj(size=size)
 
@@ -166,7 +166,7 @@ class Codec(abc.ABC):
             # Streamed into its frame chunk by chunk as it is made (a plane never
             # exists whole); the frame still states its size.
             if level is None:
-                obj = self.frame_compressor(index, size, width=width, threads=threads)
+                obj = self.frame_compressor(index, size, threads=threads)
             else:
                 obj = zstandard.ZstdCompressor(level=level, threads=threads, write_content_size=True).compressobj(size=size)
             pieces = [out for chunk in chunks() if (out := obj.compress(chunk))]
@@ -276,13 +276,13 @@ class ByteGroupedZstdCodec(Codec):
         return zstandard.ZstdCompressor(compression_params=zstandard.ZstdCompressionParameters(
             **self._PARAM_ARGS, threads=threads, job_size=4 << 20))  # fmt: skip
 
-    def frame_compressor(self, index: int, size: int, *, width: int, threads: int = 0) -> Any:
+    def frame_compressor(self, index: int, size: int, *, threads: int = 0) -> Any:
         # Segment 1 is the top plane, the exponents: Huffman-coded literals with a
         # sparse match search (_zstd_literals), faster and smaller than the settings
         # above. The mantissa planes gain nothing from it (measured).
         if index == 1 and _zstd_literals.AVAILABLE:
             return _zstd_literals.LiteralsCompressor(size, _zstd_literals.exponent_params(threads))
-        return super().frame_compressor(index, size, width=width, threads=threads)
+        return super().frame_compressor(index, size, threads=threads)
 
     def costliest_first(self, segments: int, width: int) -> list[int]:
         # fp32 words: the third plane from the top (bits 8-15) costs most, ~40 % of the
