@@ -23,6 +23,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import zstandard
+
 try:
     from zstandard.backend_cffi import ffi, lib
 except ImportError:  # pragma: no cover - cffi missing; the codec falls back to the C backend
@@ -49,7 +51,7 @@ def exponent_params(threads: int = 0) -> dict[int, int]:
 
 def _check(code: int) -> int:
     if lib.ZSTD_isError(code):
-        raise RuntimeError(f"zstd: {ffi.string(lib.ZSTD_getErrorName(code)).decode()}")
+        raise zstandard.ZstdError(f"zstd: {ffi.string(lib.ZSTD_getErrorName(code)).decode()}")
     return code
 
 
@@ -68,6 +70,7 @@ class LiteralsCompressor:
         self._dst = ffi.new("char[]", self._cap)
         self._out = ffi.new("ZSTD_outBuffer *")
         self._in = ffi.new("ZSTD_inBuffer *")
+        self._ended = False
 
     def compress(self, data: Any) -> bytes:
         """Compress ``data`` (any contiguous buffer); returns what zstd has finished so far."""
@@ -78,6 +81,9 @@ class LiteralsCompressor:
         return self._stream(ffi.from_buffer(b""), lib.ZSTD_e_end)
 
     def _stream(self, src: Any, mode: int) -> bytes:
+        if self._ended:
+            raise zstandard.ZstdError("the frame has ended: compress() and flush() cannot follow flush()")
+        self._ended = mode == lib.ZSTD_e_end
         self._in.src, self._in.size, self._in.pos = src, len(src), 0
         pieces = []
         while True:

@@ -295,11 +295,9 @@ def score_layers(model: PreTrainedModel, slices: Slices, batches: ShotBatches, *
         # The unpatched model's terms and KL references are the same for every
         # slice: computed once, each slice then costs one forward.
         refs = kl_refs(model, batches)
-        base: dict[str, torch.Tensor] | None = None
+        base = _Objective(model, {}, batches, settings, ref_logp=refs).terms(torch.zeros(0, device=dev))
         for i, pos in enumerate(sorted(slices)):
             obj = _Objective(model, {pos: slices[pos]}, batches, settings, ref_logp=refs)
-            if base is None:
-                base = obj.terms(torch.zeros(1, device=dev))
             added = obj.terms(torch.ones(1, device=dev))
             gain = float(base["harmful"] - added["harmful"])
             cost = float(beta * (added["task"] - base["task"]) + (added["benign"] - base["benign"]))

@@ -257,7 +257,8 @@ def test_the_exponent_plane_is_an_ordinary_sized_zstd_frame_with_huffman_literal
 
     assert _zstd_literals.AVAILABLE, "zstandard's cffi backend is missing: pip install cffi"
     g = torch.Generator().manual_seed(3)
-    payload = save({"d": (torch.randn(1_000_000, generator=g) * 1e-3).to(torch.bfloat16).float()})
+    # 10 MB: above the threshold where planes are compressed side by side, in threads
+    payload = save({"d": (torch.randn(2_500_000, generator=g) * 1e-3).to(torch.bfloat16).float()})
     skip = payload_skip_of(payload)
     _, stored = codec.encode(payload, skip=skip, width=4)
     monkeypatch.setattr(_zstd_literals, "AVAILABLE", False)
@@ -276,8 +277,13 @@ def test_the_literals_compressor_holds_to_its_pledged_size() -> None:
 
     obj = _zstd_literals.LiteralsCompressor(10, _zstd_literals.exponent_params())
     obj.compress(b"x" * 6)
-    with pytest.raises(RuntimeError, match="zstd: "):
+    with pytest.raises(zstandard.ZstdError, match="zstd: "):
         obj.flush()
+    obj = _zstd_literals.LiteralsCompressor(3, _zstd_literals.exponent_params())
+    frame = obj.compress(b"abc") + obj.flush()
+    assert zstandard.ZstdDecompressor().decompress(frame) == b"abc"
+    with pytest.raises(zstandard.ZstdError, match="has ended"):
+        obj.flush()  # not a second, empty frame
     obj = _zstd_literals.LiteralsCompressor(3 << 20, _zstd_literals.exponent_params(threads=2))
     data = bytes(range(256)) * (3 << 12)
     frame = b"".join([obj.compress(data[: 1 << 20]), obj.compress(data[1 << 20 :]), obj.flush()])
