@@ -12,14 +12,14 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 from sqlalchemy import func, select
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from cli.main import cli
 from registry import models as m
 from registry.api import Registry
 from registry.checkpoint import Checkpoint
 from registry.errors import IncompatibleError, InvalidInputError
-from registry.recalibrate import FitSettings, apply_in_memory
+from registry.recalibrate import FitSettings, ShotBatches, apply_in_memory
 from registry.toy.build import ToyWorld
 
 FAST = FitSettings(steps=8)
@@ -135,19 +135,26 @@ def test_recalibrate_bounds_and_cache(world_reg: Registry, quick_world: ToyWorld
     assert n == 1
 
 
+def _task_model_and_shots_with_kl_rows(world: ToyWorld, *, batch_size: int) -> tuple[PreTrainedModel, ShotBatches]:
+    """The first task model and its encoded shots, plus each benign prompt again without an answer (KL rows)."""
+    from registry.probes import Probe, load_probes
+    from registry.recalibrate import encode_shots
+    from registry.textio import load_model, load_tokenizer
+
+    target = world.task_model(world.tasks[0])
+    model, tok = load_model(target), load_tokenizer(target)
+    shots = load_probes(world.shots[world.tasks[0]])
+    shots += [Probe(prompt=p.prompt, kind="benign", response=None) for p in shots if p.kind == "benign"]
+    return model, encode_shots(tok, shots, batch_size=batch_size)
+
+
 def test_one_forward_objective_equals_a_forward_per_chunk(world_reg: Registry, quick_world: ToyWorld) -> None:
     """The merged batch (every chunk of every kind in one right-padded forward) gives each chunk's own terms."""
     from torch.func import functional_call
 
-    from registry.probes import Probe, load_probes
-    from registry.recalibrate import _Objective, encode_shots
-    from registry.textio import load_model, load_tokenizer
+    from registry.recalibrate import _Objective
 
-    target = quick_world.task_model(quick_world.tasks[0])
-    model, tok = load_model(target), load_tokenizer(target)
-    shots = load_probes(quick_world.shots[quick_world.tasks[0]])
-    shots += [Probe(prompt=p.prompt, kind="benign", response=None) for p in shots if p.kind == "benign"]  # KL rows
-    batches = encode_shots(tok, shots, batch_size=3)  # several chunks of each kind, each its own width
+    model, batches = _task_model_and_shots_with_kl_rows(quick_world, batch_size=3)  # several chunks of each kind
     assert len(batches.harmful) > 1 and batches.benign_kl
     assert len({b["input_ids"].shape[1] for b in batches.harmful + batches.benign + batches.benign_kl}) > 1
     vec = world_reg.get_vector("safety")
@@ -189,15 +196,9 @@ def test_one_forward_objective_equals_a_forward_per_chunk(world_reg: Registry, q
 def test_layer_scores_equal_a_fresh_objective_per_slice(world_reg: Registry, quick_world: ToyWorld) -> None:
     """score_layers computes the unpatched terms and KL references once: each slice's score is still what
     its own objective, built from scratch, gives at λ = 0 and λ = 1."""
-    from registry.probes import Probe, load_probes
-    from registry.recalibrate import _Objective, encode_shots, score_layers
-    from registry.textio import load_model, load_tokenizer
+    from registry.recalibrate import _Objective, score_layers
 
-    target = quick_world.task_model(quick_world.tasks[0])
-    model, tok = load_model(target), load_tokenizer(target)
-    shots = load_probes(quick_world.shots[quick_world.tasks[0]])
-    shots += [Probe(prompt=p.prompt, kind="benign", response=None) for p in shots if p.kind == "benign"]  # KL rows
-    batches = encode_shots(tok, shots, batch_size=4)
+    model, batches = _task_model_and_shots_with_kl_rows(quick_world, batch_size=4)
     assert batches.benign_kl
     slices = world_reg.load_vector_slices(world_reg.get_vector("safety"))
     blocks = {p: s for p, s in slices.items() if p in sorted(slices)[:3]}
