@@ -16,6 +16,7 @@ Which tensors a vector carries (``scope``):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
@@ -348,13 +349,10 @@ class VectorOps(RegistryCore):
         ``verified``: gets blob sha -> file sha256 for a file that just passed the
         full check (for :meth:`record_verified_blobs`).
         """
-        def learn(digest: str) -> None:
-            if verified is not None:
-                verified[lay.blob] = digest
-
+        learn = functools.partial(verified.__setitem__, lay.blob) if verified is not None else None
         tensors = decode_slice(self.store.get(lay.blob, scratch=scratch, max_size=row.raw_size if row else None,
                                               stored_sha256=row.stored_sha256 if row else None,
-                                              on_verified=learn if verified is not None else None))  # fmt: skip
+                                              on_verified=learn))  # fmt: skip
         if sorted(tensors) != sorted(lay.tensor_names):
             raise InvalidInputError(f"slice {lay.label} of {vec.name} holds unexpected tensors")
         return {k: t.to(torch.float32) for k, t in tensors.items()}
