@@ -46,7 +46,7 @@ class SliceBuilder:
     finite value overflowed it, which the explicit check then clears).
     """
 
-    _CHUNK = 1 << 20  # elements
+    _CHUNK = 1 << 18  # elements
 
     def __init__(self, a_ck: Checkpoint, d_ck: Checkpoint, encoding: str,
                  hashers: tuple[ContentHasher | None, ContentHasher | None] = (None, None)) -> None:  # fmt: skip

@@ -311,6 +311,11 @@ class ContentHasher:
         self._describe(name)
         self._owed = self.ckpt.tensors[name].nbytes
 
+    def hash_before(self, name: str) -> None:
+        """Hash (reading them here) the tensors before ``name`` not yet hashed: what
+        :meth:`begin` would do first, done ahead, e.g. in another thread."""
+        self._skip_to(name)
+
     def hash_from_file(self, name: str) -> None:
         """Hash tensor ``name`` (and any skipped before it) by reading it here."""
         self._skip_to(name)

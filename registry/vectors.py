@@ -198,13 +198,15 @@ class VectorOps(RegistryCore):
                         encoding: str, progress: Progress | None, *, order: list[int],
                         hashers: tuple[ContentHasher | None, ContentHasher | None]
                         ) -> tuple[list[dict[str, Any]], dict[str, Any]]:  # fmt: skip
-        # Three stages, each in its own thread: this one computes a slice's differences
-        # (and feeds the checkpoints' content hashes), a worker hashes and compresses
-        # the previous slice (store.encode; hashlib, numpy and zstd release the GIL),
-        # and a writer writes and fsyncs the one before (I/O wait overlaps the work).
-        # Two payload buffers alternate: a slice's encoding finishes before its buffer
-        # is rebuilt. Writes happen in slice order; the crashpoint fires as each is
-        # collected. Nothing is in the catalog until every blob is on disk.
+        # Three stages: this thread computes a slice's differences (and feeds the
+        # checkpoints' content hashes), encoders hash and compress slices
+        # (store.encode; hashlib, numpy and zstd release the GIL), and a writer writes
+        # and fsyncs them in slice order (I/O wait overlaps the work). Two payload
+        # buffers alternate: a slice is built once the slice two before it is encoded.
+        # Two encoders, so that a slice's encoding starts as soon as it is built,
+        # while the previous one's last plane is still being compressed (one encoder
+        # left a core idle at the end of every slice). The crashpoint fires as each
+        # write is collected. Nothing is in the catalog until every blob is on disk.
         layers: list[dict[str, Any]] = []
         shapes: dict[str, list[int]] = {}
         builder = SliceBuilder(a_ck, d_ck, encoding, hashers)
@@ -219,30 +221,36 @@ class VectorOps(RegistryCore):
             if progress:
                 progress(len(layers), len(slices))
 
+        def write(encoded: Future[Any]) -> Any:
+            return self.store.write(encoded.result())
+
         # Intra-op threads only cost here: the chunks are cache-sized, and on a busy
         # machine torch's thread hand-offs made the arithmetic 10-25x slower (measured).
         with (
             torch_threads(1),
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix="safegene-encode") as encoder,
+            ThreadPoolExecutor(max_workers=2, thread_name_prefix="safegene-encode") as encoder,
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="safegene-write") as writer,
         ):
-            encoding_: Pending | None = None
+            encodes: list[Future[Any]] = []  # in flight, oldest first: one per payload buffer
             writes: list[Pending] = []
+            if all(hashers):
+                # The tensors named before the first slice's (embeddings, lm_head) are
+                # hashed first; both checkpoints' at once, while the encoders are idle.
+                first = min(slices[order[0]][2])
+                ahead = encoder.submit(hashers[1].hash_before, first)  # type: ignore[union-attr]
+                hashers[0].hash_before(first)  # type: ignore[union-attr]
+                ahead.result()
             for pos in order:
                 idx, label, members = slices[pos]
+                if len(encodes) == 2:
+                    encodes.pop(0).result()  # the buffer build() is about to reuse
                 payload, norm = builder.build(members)
                 shapes.update({n: list(a_ck.tensors[n].shape) for n in members})
-                if encoding_ is not None:
-                    *head, fut = encoding_
-                    writes.append((*head, writer.submit(self.store.write, fut.result())))  # type: ignore[arg-type]
-                while len(writes) > 1 or (writes and writes[0][-1].done()):
+                encodes.append(encoder.submit(self.store.encode, payload, skip=payload_skip(payload), width=width))
+                writes.append((pos, idx, label, members, norm, writer.submit(write, encodes[-1])))
+                while len(writes) > 2 or (writes and writes[0][-1].done()):
                     written(writes.pop(0))
-                fut = encoder.submit(self.store.encode, payload, skip=payload_skip(payload), width=width)
-                encoding_ = (pos, idx, label, members, norm, fut)
                 del payload
-            if encoding_ is not None:
-                *head, fut = encoding_
-                writes.append((*head, writer.submit(self.store.write, fut.result())))  # type: ignore[arg-type]
             for pending in writes:
                 written(pending)
         layers.sort(key=lambda lay: lay["position"])
