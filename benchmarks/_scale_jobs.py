@@ -169,6 +169,18 @@ def _harmful_eval(world_dir: str, quick: bool) -> list[Any]:
     return probes[:16] if quick else probes
 
 
+def _side_effects(world_dir: str, quick: bool, model: Any, tok: Any) -> dict[str, Any]:
+    """What a method costs besides the harmful rate: task accuracy and over-refusal on the
+    held-out task and benign probes (evaluated after the timed part, never fitted on)."""
+    from registry.evaluate import evaluate_model
+    from registry.probes import load_probes
+
+    held_out = load_probes(Path(world_dir) / "eval-add.jsonl")
+    probes = [p for kind in ("task", "benign") for p in [q for q in held_out if q.kind == kind][: 8 if quick else None]]
+    res = evaluate_model(None, probes, model=model, tokenizer=tok)
+    return {"task_accuracy": res.task_accuracy, "benign_refusal_rate": res.benign_refusal_rate}
+
+
 def job_recal(home: str, world: str, quick: bool) -> dict[str, Any]:
     from registry import Registry
     from registry.evaluate import evaluate_model
@@ -186,7 +198,10 @@ def job_recal(home: str, world: str, quick: bool) -> dict[str, Any]:
     # starts with transformers imported (its first import alone takes 1.5-3 s here).
     evals = _harmful_eval(world, quick)
     tok = load_tokenizer(target)
-    before = evaluate_model(None, evals, model=load_model(target), tokenizer=tok).harmful_rate
+    target_model = load_model(target)
+    before = evaluate_model(None, evals, model=target_model, tokenizer=tok).harmful_rate
+    side_before = _side_effects(world, quick, target_model, tok)
+    del target_model
     hwm_before = vm_hwm_mib()
     t0 = time.perf_counter()
     from registry.recalibrate import FitSettings
@@ -201,7 +216,7 @@ def job_recal(home: str, world: str, quick: bool) -> dict[str, Any]:
     apply_in_memory(model, slices, {index_to_pos[k]: v for k, v in fit.coefficients.items()})
     after = evaluate_model(None, evals, model=model, tokenizer=tok).harmful_rate
     return {"seconds": secs, "fit_seconds": fit.seconds, "vm_hwm_mib_fit": hwm, "vm_hwm_mib_before_fit": hwm_before,
-            "hrr_target": before,
+            "hrr_target": before, "target": side_before, "after": _side_effects(world, quick, model, tok),
             "hrr_recalibrated": after, "shots": len(shots), "steps": len(fit.losses) - 1}  # fmt: skip
 
 
@@ -237,8 +252,10 @@ def job_finetune(world: str, hrr_goal: float, max_steps: int, every: int, quick:
         curve.append([step, hrr])
         if hrr <= hrr_goal:
             break
+    model.eval()
     return {"train_seconds": train_s, "eval_seconds": eval_s, "steps": step, "hrr": hrr,
-            "reached": hrr <= hrr_goal, "curve": curve, "shots_used": len(shots)}  # fmt: skip
+            "reached": hrr <= hrr_goal, "curve": curve, "shots_used": len(shots),
+            "after": _side_effects(world, quick, model, tok)}  # fmt: skip
 
 
 def job_generate(work: str, world: str, quick: bool, layers: list[int]) -> dict[str, Any]:

@@ -101,14 +101,25 @@ def _details(d: dict[str, Any], md_table: Callable[..., str]) -> str:
             parts.append("Output comparison: `" + str(d["patch"]["compare"]) + "`")
     if d.get("recal"):
         rc, ft = d["recal"]["recalibrate"], d["recal"]["finetune"]
+        def side(r: dict[str, Any], key: str) -> Any:
+            return r.get("after", {}).get(key, "—")
+
+        before = rc.get("target", {})
         parts.append("### Recalibration vs safety fine-tuning (full toy world, llama, task-add target)\n\n" + md_table(
-            ["method", "optimisation s", "peak RSS MiB", "HRR before", "HRR after", "notes"],
+            ["method", "optimisation s", "peak RSS MiB", "HRR before", "HRR after", "task accuracy after",
+             "benign refused after", "notes"],
             [["recalibrate (λ only)", _f(rc["fit_seconds"], 2), f"{rc['maxrss_mib']:.0f}", rc["hrr_target"],
-              rc["hrr_recalibrated"], f"{rc['shots']} shots, {rc['steps']} steps, all blocks; the whole "
+              rc["hrr_recalibrated"], side(rc, "task_accuracy"), side(rc, "benign_refusal_rate"),
+              f"{rc['shots']} shots, {rc['steps']} steps, all blocks; the whole "
               f"`recalibrate` call (model load, slice decode, catalog) {_f(rc['seconds'], 1)} s"],
              ["safety fine-tune (AdamW, all weights)", _f(ft["train_seconds"], 2), f"{ft['maxrss_mib']:.0f}",
-              rc["hrr_target"], ft["hrr"], f"{ft['shots_used']} shots with answers, {ft['steps']} steps, "
+              rc["hrr_target"], ft["hrr"], side(ft, "task_accuracy"), side(ft, "benign_refusal_rate"),
+              f"{ft['shots_used']} shots with answers, {ft['steps']} steps, "
               f"+{_f(ft['eval_seconds'], 1)} s of HRR checks; curve {ft['curve']}"]]))  # fmt: skip
+        if before:
+            parts.append(f"The target before either: task accuracy {before.get('task_accuracy')}, benign probes "
+                         f"refused {before.get('benign_refusal_rate')} (held-out `eval-add` task and benign probes, "
+                         "evaluated after the timed part; neither method is fitted on them).")
     return "\n\n".join(parts)
 
 
