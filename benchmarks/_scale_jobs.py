@@ -119,16 +119,6 @@ def job_codec(files: list[dict[str, Any]], which: str, repeats: int) -> dict[str
     return best_round_trips(files, repeats, round_trip)
 
 
-def job_patch(home: str, target: str, out: str) -> dict[str, Any]:
-    from registry import Registry
-
-    reg = Registry.open(home)
-    vec = reg.list_vectors()[0]
-    t0 = time.perf_counter()
-    res = reg.patch(target, vec.hash, out, coefficients="uniform:1.0", layers="all")
-    return {"seconds": time.perf_counter() - t0, "hash": res.hash}
-
-
 def job_compare(a: str, b: str, target: str) -> dict[str, Any]:
     """Compare two checkpoints tensor by tensor (bf16 ulps), and each against the target."""
     from registry.checkpoint import Checkpoint
@@ -285,7 +275,7 @@ def job_generate(work: str, world: str, quick: bool, layers: list[int]) -> dict[
 
 
 JOBS = {"generate": job_generate, "floor": job_floor, "extract": job_extract, "dump": job_dump_payloads, "codec": job_codec,
-        "patch": job_patch, "compare": job_compare, "recal": job_recal, "finetune": job_finetune}  # fmt: skip
+        "compare": job_compare, "recal": job_recal, "finetune": job_finetune}  # fmt: skip
 
 if __name__ == "__main__":
     from transformers.utils import logging as hf_logging

@@ -9,7 +9,7 @@ RSS from the kernel's rusage of that child):
 * extract: ``Registry.extract_vector`` vs reading both checkpoints once
   through safetensors (the floor), interleaved, page cache warm, at N and 2N blocks;
 * codec: the registry codec vs plain zstd level 3 vs ZipNN on that vector's slices;
-* patch: ``Registry.patch(uniform:1.0, all layers)`` vs mergekit ``task_arithmetic``
+* patch: the ``safegene patch`` command (uniform:1.0, all layers) vs mergekit ``task_arithmetic``
   (``mergekit-yaml --lazy-unpickle``), with the two outputs compared tensor by tensor;
 * recalibration: ``recalibrate`` on 32 shots of the full toy world vs safety
   fine-tuning the target on the same shots until its harmful rate matches.
@@ -41,6 +41,9 @@ from _common import md_table, write_results  # noqa: E402
 HERE = Path(__file__).resolve().parent
 PEERS = HERE / ".peers-venv" / "bin"
 JOBS = HERE / "_scale_jobs.py"
+# The CLI beside this interpreter (a venv's console script), else the package's __main__.
+_SAFEGENE = Path(sys.executable).parent / "safegene"
+SAFEGENE_CMD = [str(_SAFEGENE)] if _SAFEGENE.is_file() else [sys.executable, "-m", "cli"]
 PEER_JOBS = HERE / "_peer_jobs.py"
 MIB = 1 << 20
 
@@ -173,7 +176,11 @@ def bench_patch(work: Path, home: Path, dirs: dict[str, Path], repeats: int) -> 
         row: dict[str, Any] = {}
         out = work / f"patched-registry-{r}"
         shutil.rmtree(out, ignore_errors=True)
-        row["registry"] = job("patch", home=str(home), target=str(dirs["task"]), out=str(out))
+        # The command a user runs, timed like mergekit's (its CLI): start-up included
+        # (a job process here would also import the harness's transformers).
+        row["registry"] = run_measured([*SAFEGENE_CMD, "--home", str(home), "--json", "patch", str(dirs["task"]),
+                                        "--vector", "scale-vector", "--out", str(out),
+                                        "--coefficients", "uniform:1.0", "--layers", "all"])  # fmt: skip
         log(f"patch #{r}: registry {row['registry']['wall_s']:.1f}s, RSS {row['registry']['maxrss_mib']:.0f} MiB")
         if peers_ready():
             mout = work / f"patched-mergekit-{r}"
