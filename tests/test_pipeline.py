@@ -74,6 +74,15 @@ def test_extract_hashes_sources_once_in_any_slice_order(tmp_path: Path, quick_wo
     with pytest.raises(ValueError, match="name order"):
         h.begin(names[0])
     assert h.hexdigest() == a.content_hash()
+    ahead = ContentHasher(a)  # the tensors before a name hashed ahead (extraction: in another thread)
+    ahead.hash_before(names[2])
+    ahead.begin(names[2])
+    ahead.update(a.get_tensor(names[2]).contiguous().view(torch.uint8).numpy().tobytes())
+    assert ahead.hexdigest() == a.content_hash()
+    behind = ContentHasher(a)
+    behind.hash_before(names[2])
+    with pytest.raises(ValueError, match="name order"):
+        behind.hash_before(names[1])
 
 
 def test_extract_same_vector_twice_is_one_vector(world_reg: Registry, quick_world: ToyWorld) -> None:
