@@ -233,12 +233,13 @@ class VectorOps(RegistryCore):
         ):
             encodes: list[Future[Any]] = []  # in flight, oldest first: one per payload buffer
             writes: list[Pending] = []
-            if all(hashers):
+            ha, hd = hashers
+            if ha is not None and hd is not None:
                 # The tensors named before the first slice's (embeddings, lm_head) are
                 # hashed first; both checkpoints' at once, while the encoders are idle.
                 first = min(slices[order[0]][2])
-                ahead = encoder.submit(hashers[1].hash_before, first)  # type: ignore[union-attr]
-                hashers[0].hash_before(first)  # type: ignore[union-attr]
+                ahead = encoder.submit(hd.hash_before, first)
+                ha.hash_before(first)
                 ahead.result()
             for pos in order:
                 idx, label, members = slices[pos]
