@@ -152,21 +152,23 @@ def _shots32(world_dir: str) -> list[Any]:
     return by["harmful"][:16] + by["task"][:8] + by["benign"][:8]
 
 
-def _harmful_eval(world_dir: str, quick: bool) -> list[Any]:
+def _held_out(world_dir: str, kind: str, limit: int | None) -> list[Any]:
+    """The held-out ``eval-add`` probes of one kind: the first ``limit`` (None: all)."""
     from registry.probes import load_probes
 
-    probes = [p for p in load_probes(Path(world_dir) / "eval-add.jsonl") if p.kind == "harmful"]
-    return probes[:16] if quick else probes
+    return [p for p in load_probes(Path(world_dir) / "eval-add.jsonl") if p.kind == kind][:limit]
+
+
+def _harmful_eval(world_dir: str, quick: bool) -> list[Any]:
+    return _held_out(world_dir, "harmful", 16 if quick else None)
 
 
 def _side_effects(world_dir: str, quick: bool, model: Any, tok: Any) -> dict[str, Any]:
     """What a method costs besides the harmful rate: task accuracy and over-refusal on the
     held-out task and benign probes (evaluated after the timed part, never fitted on)."""
     from registry.evaluate import evaluate_model
-    from registry.probes import load_probes
 
-    held_out = load_probes(Path(world_dir) / "eval-add.jsonl")
-    probes = [p for kind in ("task", "benign") for p in [q for q in held_out if q.kind == kind][: 8 if quick else None]]
+    probes = [p for kind in ("task", "benign") for p in _held_out(world_dir, kind, 8 if quick else None)]
     res = evaluate_model(None, probes, model=model, tokenizer=tok)
     return {"task_accuracy": res.task_accuracy, "benign_refusal_rate": res.benign_refusal_rate}
 
