@@ -12,8 +12,9 @@ from typing import Any
 
 import click
 from rich.console import Console
-from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-from rich.table import Table
+
+# rich's tables and progress bars are imported where used: most commands print
+# neither, and every command would pay for them at start-up.
 
 
 @dataclass
@@ -34,6 +35,8 @@ class Output:
             self.console.print(data)
 
     def table(self, title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        from rich.table import Table
+
         t = Table(title=title, show_lines=False, header_style="bold")
         for c in columns:
             t.add_column(c, overflow="fold")
@@ -58,6 +61,8 @@ class Output:
         if not self.show_progress:
             yield lambda *a, **k: None
             return
+        from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
         columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn()]
         with Progress(*columns, console=self.err, transient=True) as bar:
             task = bar.add_task(description, total=total)

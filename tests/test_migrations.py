@@ -97,3 +97,20 @@ def test_upgrade_from_previous_revision_keeps_data(tmp_path: Path) -> None:
     reg = Registry.open(tmp_path / "home", url)
     assert reg.read(lambda s: s.execute(text("SELECT COUNT(*) FROM blobs")).scalar()) == 1
     reg.close()
+
+
+def test_head_revision_constant_is_the_scripts_head() -> None:
+    """HOW TO FIX: a migration was added; set db.HEAD_REVISION to its revision."""
+    assert db.HEAD_REVISION == db.head_revision()
+
+
+def test_opening_a_catalog_at_head_does_not_load_alembic(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    Registry.open(tmp_path / "home").close()  # created (through Alembic) in this process
+    code = ("import sys; from registry import Registry; Registry.open(sys.argv[1]).close(); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'alembic'))")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "home")], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).resolve().parent.parent).stdout  # fmt: skip
+    assert out.strip() == "[]"
