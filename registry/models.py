@@ -84,8 +84,9 @@ class Blob(Base):
     codec: Mapped[str] = mapped_column(String(32))
     raw_size: Mapped[int] = mapped_column(BigInteger)
     stored_size: Mapped[int] = mapped_column(BigInteger)
-    # sha256 of the stored file once it passed the full check (decoded to its
-    # payload) or came from a verified bundle; NULL: not yet. See BlobStore.get.
+    # sha256 of the stored file as the store wrote it from its payload, or once it
+    # passed the full check (decoded to its payload) or came from a verified
+    # bundle; NULL: not yet. See BlobStore.get.
     stored_sha256: Mapped[str | None] = mapped_column(HASH, nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 

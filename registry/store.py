@@ -43,6 +43,7 @@ class BlobInfo:
     raw_size: int
     stored_size: int
     stored_sha256: str | None = None  # the stored file's sha256, when known to decode to the payload
+    # (written from that payload by this store, or read back and checked)
 
 
 @dataclass(frozen=True)
@@ -153,8 +154,14 @@ class BlobStore:
         path = self.path_for(blob.sha256)
         self.ensure()
         path.parent.mkdir(exist_ok=True)
+        # The digest of the very bytes written: recorded in the catalog, it lets the
+        # first read of this file skip re-hashing the payload, as later reads do
+        # (see get); a file changed since then gets the full check.
+        h = hashlib.sha256()
+        for part in blob.parts:
+            h.update(part)
         atomic_write(path, blob.parts, tmp_dir=self.tmp_dir)
-        return BlobInfo(blob.sha256, blob.codec, blob.raw_size, blob.stored_size)
+        return BlobInfo(blob.sha256, blob.codec, blob.raw_size, blob.stored_size, h.hexdigest())
 
     def _existing(self, sha: str, raw_size: int) -> BlobInfo | None:
         path = self.path_for(sha)
@@ -173,11 +180,12 @@ class BlobStore:
         result is then a view of it, valid until the scratch's next blob): they
         spare the page faults of fresh allocations for every blob.
 
-        ``stored_sha256``: the sha256 of a file of this blob that once passed the
-        full check (the catalog's ``blobs.stored_sha256``). When the file still
-        hashes to it, it is byte for byte a file already seen to decode to the
-        payload named ``sha``, and decoding is deterministic: the payload is not
-        hashed again (a third of the bytes to hash, or less). Otherwise the blob
+        ``stored_sha256``: the sha256 of a file of this blob as this store wrote it,
+        or as it once passed the full check (the catalog's ``blobs.stored_sha256``).
+        When the file still hashes to it, it is byte for byte a file encoded from,
+        or already seen to decode to, the payload named ``sha``, and decoding is
+        deterministic: the payload is not hashed again (a third of the bytes to
+        hash, or less). Otherwise the blob
         gets the full check, and a payload that still hashes to its name is
         returned; ``on_verified`` is then given the sha256 of the file just
         checked, for the caller to record.

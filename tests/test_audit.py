@@ -129,7 +129,7 @@ def test_blob_files_are_trusted_once_verified_and_checked_in_full_when_changed(c
     vec = chain_reg.get_vector("v")
     store = chain_reg.store
     shas = [lay.blob for lay in vec.layers]
-    # chain_reg's patches read every slice once: each file passed the full check and was recorded
+    # each file's sha256 was recorded as the store wrote it
     rows = chain_reg.blob_rows(shas)
     assert all(rows[sha].stored_sha256 == _file_sha256(store, sha) for sha in shas)
     lay = vec.layers[0]
