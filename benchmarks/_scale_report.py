@@ -95,7 +95,7 @@ def _details(d: dict[str, Any], md_table: Callable[..., str]) -> str:
             for k in ("registry", "mergekit"):
                 if k in run:
                     rows.append([i, k, _f(run[k]["wall_s"], 1), f"{run[k]['maxrss_mib']:.0f}"])
-        parts.append("### Patch, every run (process wall time incl. start-up, same target and vector)\n\n"
+        parts.append("### Patch, every run (process wall time incl. start-up, same target and vector, inputs in the page cache)\n\n"
                      + md_table(["run", "tool", "wall s", "peak RSS MiB"], rows))  # fmt: skip
         if "compare" in d["patch"]:
             parts.append("Output comparison: `" + str(d["patch"]["compare"]) + "`")

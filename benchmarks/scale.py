@@ -10,7 +10,8 @@ RSS from the kernel's rusage of that child):
   through safetensors (the floor), interleaved, page cache warm, at N and 2N blocks;
 * codec: the registry codec vs plain zstd level 3 vs ZipNN on that vector's slices;
 * patch: the ``safegene patch`` command (uniform:1.0, all layers) vs mergekit ``task_arithmetic``
-  (``mergekit-yaml --lazy-unpickle``), with the two outputs compared tensor by tensor;
+  (``mergekit-yaml --lazy-unpickle``), each started with its inputs in the page cache, with
+  the two outputs compared tensor by tensor;
 * recalibration: ``recalibrate`` on 32 shots of the full toy world vs safety
   fine-tuning the target on the same shots until its harmful rate matches.
 
@@ -169,6 +170,16 @@ def mergekit_config(path: Path, dirs: dict[str, Path]) -> Path:
     return path
 
 
+def read_through(*dirs: Path) -> None:
+    """Read every file under ``dirs`` once (untimed), so that a timed command finds its inputs in the page cache."""
+    buf = bytearray(8 << 20)
+    for d in dirs:
+        for f in sorted(p for p in d.rglob("*") if p.is_file()):
+            with open(f, "rb", buffering=0) as fh:
+                while fh.readinto(buf):
+                    pass
+
+
 def bench_patch(work: Path, home: Path, dirs: dict[str, Path], repeats: int) -> dict[str, Any]:
     cfg = mergekit_config(work / "mergekit.yml", dirs)
     runs: list[dict[str, Any]] = []
@@ -177,7 +188,9 @@ def bench_patch(work: Path, home: Path, dirs: dict[str, Path], repeats: int) -> 
         out = work / f"patched-registry-{r}"
         shutil.rmtree(out, ignore_errors=True)
         # The command a user runs, timed like mergekit's (its CLI): start-up included
-        # (a job process here would also import the harness's transformers).
+        # (a job process here would also import the harness's transformers). Each
+        # command starts with its inputs in the page cache, whatever ran before it.
+        read_through(dirs["task"], home / "store")
         row["registry"] = run_measured([*SAFEGENE_CMD, "--home", str(home), "--json", "patch", str(dirs["task"]),
                                         "--vector", "scale-vector", "--out", str(out),
                                         "--coefficients", "uniform:1.0", "--layers", "all"])  # fmt: skip
@@ -185,6 +198,7 @@ def bench_patch(work: Path, home: Path, dirs: dict[str, Path], repeats: int) -> 
         if peers_ready():
             mout = work / f"patched-mergekit-{r}"
             shutil.rmtree(mout, ignore_errors=True)
+            read_through(dirs["aligned"], dirs["degraded"], dirs["task"])
             row["mergekit"] = run_measured([str(PEERS / "mergekit-yaml"), str(cfg), str(mout), "--lazy-unpickle",
                                             "--out-shard-size", "1B", "--no-copy-tokenizer", "--quiet",
                                             "--no-write-model-card", "-j", str(os.cpu_count() or 1)])  # fmt: skip
