@@ -94,9 +94,10 @@ def _details(d: dict[str, Any], md_table: Callable[..., str]) -> str:
         for i, run in enumerate(d["patch"]["runs"]):
             for k in ("registry", "mergekit"):
                 if k in run:
-                    rows.append([i, k, _f(run[k]["wall_s"], 1), f"{run[k]['maxrss_mib']:.0f}"])
+                    cpu = [_f(run[k][c], 1) if c in run[k] else "—" for c in ("user_s", "sys_s")]
+                    rows.append([i, k, _f(run[k]["wall_s"], 1), *cpu, f"{run[k]['maxrss_mib']:.0f}"])
         parts.append("### Patch, every run (process wall time incl. start-up, same target and vector, inputs in the page cache)\n\n"
-                     + md_table(["run", "tool", "wall s", "peak RSS MiB"], rows))  # fmt: skip
+                     + md_table(["run", "tool", "wall s", "user CPU s", "sys CPU s", "peak RSS MiB"], rows))  # fmt: skip
         if "compare" in d["patch"]:
             parts.append("Output comparison: `" + str(d["patch"]["compare"]) + "`")
     if d.get("recal"):

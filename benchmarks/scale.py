@@ -67,7 +67,7 @@ def run_measured(cmd: list[str], *, timeout: float = 1800) -> dict[str, Any]:
     for line in out.splitlines():
         if line.startswith("RESULT "):
             result = json.loads(line[7:])
-    result.update(wall_s=wall, maxrss_mib=usage.ru_maxrss / 1024)
+    result.update(wall_s=wall, maxrss_mib=usage.ru_maxrss / 1024, user_s=usage.ru_utime, sys_s=usage.ru_stime)
     return result
 
 
