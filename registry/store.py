@@ -185,10 +185,9 @@ class BlobStore:
         When the file still hashes to it, it is byte for byte a file encoded from,
         or already seen to decode to, the payload named ``sha``, and decoding is
         deterministic: the payload is not hashed again (a third of the bytes to
-        hash, or less). Otherwise the blob
-        gets the full check, and a payload that still hashes to its name is
-        returned; ``on_verified`` is then given the sha256 of the file just
-        checked, for the caller to record.
+        hash, or less). Otherwise the blob gets the full check, and a payload
+        that still hashes to its name is returned; ``on_verified`` is then given
+        the sha256 of the file just checked, for the caller to record.
 
         Raises:
             IntegrityCheckError: missing blob, undecodable bytes or a hash mismatch.
