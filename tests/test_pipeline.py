@@ -87,13 +87,13 @@ def test_extract_hashes_sources_once_in_any_slice_order(tmp_path: Path, quick_wo
 
 def test_new_blob_files_are_recorded_as_written(world_reg: Registry) -> None:
     """The store records each file's sha256 as it writes it: the first read already skips the payload hash."""
-    import hashlib
+    from registry.store import sha256_hex
 
     vec = world_reg.get_vector("safety")
     store = world_reg.store
     rows = world_reg.blob_rows([lay.blob for lay in vec.layers])
     for lay in vec.layers:
-        assert rows[lay.blob].stored_sha256 == hashlib.sha256(store.path_for(lay.blob).read_bytes()).hexdigest()
+        assert rows[lay.blob].stored_sha256 == sha256_hex(store.path_for(lay.blob).read_bytes())
     learned: dict[str, str] = {}  # filled only by a full check (decode, then hash the payload)
     lay = vec.layers[0]
     fast = world_reg.load_slice(vec, lay, row=rows[lay.blob], verified=learned)
