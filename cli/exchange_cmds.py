@@ -6,9 +6,7 @@ from pathlib import Path
 
 import click
 
-from registry.bundle import export_bundle, import_bundle
 from registry.errors import InvalidInputError
-from registry.peft_io import export_peft, import_peft
 
 from ._app import App, pass_app
 from ._output import human_bytes, short
@@ -36,6 +34,9 @@ def vector_export(app: App, name: str, out: Path, fmt: str, target: Path | None,
                   rank: int | None, energy: float, skip_unsupported: bool, sign_key: Path | None,
                   force: bool) -> None:  # fmt: skip
     """Write vector NAME to OUT as a bundle file or a PEFT LoRA adapter folder."""
+    from registry.bundle import export_bundle  # these import torch: not at the CLI's start-up
+    from registry.peft_io import export_peft
+
     reg = app.registry()
     if fmt == "bundle":
         if target or base or rank or skip_unsupported:
@@ -71,6 +72,9 @@ def vector_export(app: App, name: str, out: Path, fmt: str, target: Path | None,
 @pass_app
 def vector_import(app: App, path: Path, name: str | None, base: Path | None, verify_key: Path | None) -> None:
     """Register a vector from a bundle file or a PEFT LoRA adapter folder (verified first)."""
+    from registry.bundle import import_bundle  # these import torch: not at the CLI's start-up
+    from registry.peft_io import import_peft
+
     reg = app.registry()
     if path.is_dir():
         if not name or base is None or verify_key:

@@ -8,11 +8,9 @@ from typing import Any
 
 import click
 
-from registry.evaluate import evaluate_model
-from registry.judges import get_judge
+from registry._fit_settings import FitSettings
 from registry.pipeline import parse_layers
 from registry.probes import load_probes
-from registry.recalibrate import FitSettings
 
 from ._app import App, pass_app
 from ._output import short
@@ -115,6 +113,9 @@ def patch(app: App, target_dir: Path, vector: str, out_dir: Path, shots: Path | 
 def eval_cmd(app: App, model_dir: Path, probes: Path, judge: str, batch_size: int, max_new_tokens: int,
              device: str, plot: Path | None) -> None:  # fmt: skip
     """Harmful response rate, task accuracy and benign over-refusal of MODEL_DIR."""
+    from registry.evaluate import evaluate_model  # torch and transformers: imported on use
+    from registry.judges import get_judge
+
     items = load_probes(probes)
     judge_obj = get_judge(judge)
     with app.out.progress("evaluating", total=len(items)) as update:

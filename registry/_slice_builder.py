@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from .checkpoint import _TORCH_DTYPES, DTYPE_SIZES, Checkpoint, ContentHasher, pread_exact
+from .checkpoint import DTYPE_SIZES, Checkpoint, ContentHasher, pread_exact, torch_dtype
 from .errors import InvalidInputError
 
 _ST_DTYPE = {torch.float32: "F32", torch.bfloat16: "BF16"}
@@ -86,7 +86,7 @@ class SliceBuilder:
         ia, id_ = self.a_ck.tensors[name], self.d_ck.tensors[name]
         if self.encoding != "fp32" or ia.dtype != id_.dtype or ia.dtype not in _STREAMED:
             return self._diff_whole(name, out)
-        dt, es = _TORCH_DTYPES[ia.dtype], DTYPE_SIZES[ia.dtype]
+        dt, es = torch_dtype(ia.dtype), DTYPE_SIZES[ia.dtype]
         ha, hd = self.ha, self.hd
         if ha is not None:
             ha.begin(name)

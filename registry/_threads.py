@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import torch
-
 
 @contextmanager
 def torch_threads(n: int | None) -> Iterator[None]:
@@ -16,6 +14,8 @@ def torch_threads(n: int | None) -> Iterator[None]:
     torch's intra-op hand-offs made that arithmetic several times slower
     (benchmarks/scale.py), and tiny-model training likewise (toy builds).
     """
+    import torch
+
     before = torch.get_num_threads()
     if n is not None:
         torch.set_num_threads(n)

@@ -18,12 +18,14 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import CancelledError
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from .errors import InvalidCheckpointError
+
+if TYPE_CHECKING:
+    import torch
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 MAX_JSON_BYTES = 16 * 1024 * 1024
@@ -33,12 +35,27 @@ DTYPE_SIZES = {
     "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
     "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1,
 }  # fmt: skip
-_TORCH_DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
-    "U16": torch.uint16, "U32": torch.uint32, "U64": torch.uint64,
-}  # fmt: skip
+
+
+@cache
+def _torch_dtypes() -> dict[str, torch.dtype]:
+    # torch is imported on first use: commands that only read headers and the
+    # catalog (``vector ls``, ``audit``, ``resolve``) start without it (1.2 s).
+    import torch
+
+    return {
+        "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+        "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+        "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+        "U16": torch.uint16, "U32": torch.uint32, "U64": torch.uint64,
+    }  # fmt: skip
+
+
+def torch_dtype(code: str) -> torch.dtype:
+    """The torch dtype of a safetensors dtype code (``"BF16"`` -> ``torch.bfloat16``)."""
+    return _torch_dtypes()[code]
+
+
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,511}$")
 _SHARD_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,254}\.safetensors$")
 
@@ -122,6 +139,8 @@ def tensors_from_buffer(buf: bytes | bytearray | memoryview, where: str) -> dict
     read-only one (``bytes``) is copied, tensor by tensor, so the tensors are
     always writable.
     """
+    import torch
+
     view = memoryview(buf).cast("B")
     size = len(view)
     if size < 8:
@@ -132,7 +151,7 @@ def tensors_from_buffer(buf: bytes | bytearray | memoryview, where: str) -> dict
     infos, _ = parse_header(bytes(view[8 : 8 + n]), Path(where), data_start=8 + n, data_len=size - 8 - n)
     out: dict[str, torch.Tensor] = {}
     for name, info in infos.items():
-        dtype = _TORCH_DTYPES[info.dtype]
+        dtype = torch_dtype(info.dtype)
         chunk = view[info.start : info.end]
         if view.readonly or info.start % DTYPE_SIZES[info.dtype]:
             chunk = memoryview(bytearray(chunk))
@@ -261,9 +280,11 @@ class Checkpoint:
                 pos += n
         finally:
             os.close(fd)
+        import torch
+
         if not info.nbytes:
-            return torch.empty(info.shape, dtype=_TORCH_DTYPES[info.dtype])
-        return torch.frombuffer(buf, dtype=_TORCH_DTYPES[info.dtype]).reshape(info.shape)
+            return torch.empty(info.shape, dtype=torch_dtype(info.dtype))
+        return torch.frombuffer(buf, dtype=torch_dtype(info.dtype)).reshape(info.shape)
 
     def iter_tensors(self, names: list[str] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
         for name in names or self.names():

@@ -16,12 +16,12 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from sqlalchemy.orm import Session
 
 from ._core import PendingCheckpoint, current_actor
+from ._fit_settings import FitSettings
 from .audit import append_event, canonical_json, new_uid
 from .checkpoint import Checkpoint, ContentHasher
 from .codec import Scratch
@@ -29,9 +29,11 @@ from .errors import AlreadyExistsError, IntegrityCheckError, RegistryError
 from .patching import read_patch_metadata, write_order, write_patched
 from .pipeline import PipelineOps, Progress, auto_shots, layer_key, select_positions
 from .probes import Probe
-from .recalibrate import FitSettings
 from .records import VectorRecord
 from .vectors import VectorOps
+
+if TYPE_CHECKING:
+    import torch
 
 
 class _SliceFeed:

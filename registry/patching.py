@@ -17,15 +17,16 @@ import secrets
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from ._faults import crashpoint
 from ._threads import torch_threads
-from .checkpoint import _TORCH_DTYPES, DTYPE_SIZES, Checkpoint, ContentHasher, pread_exact
+from .checkpoint import DTYPE_SIZES, Checkpoint, ContentHasher, pread_exact, torch_dtype
 from .errors import AlreadyExistsError, InvalidInputError
 from .store import fsync_path
+
+if TYPE_CHECKING:
+    import torch
 
 DEFAULT_SHARD_BYTES = 2 * 1024**3
 _COPY_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
@@ -204,6 +205,8 @@ class _ShardWriter:
     def __init__(self, target: Checkpoint, lookup: Callable[[str], tuple[float, torch.Tensor] | None],
                  hasher: ContentHasher | None, total: int, progress: Callable[[int, int], None] | None) -> None:  # fmt: skip
         self.target, self.lookup, self.hasher, self.total, self.progress = target, lookup, hasher, total, progress
+        import torch  # on first use, not on import: `audit` reads patch metadata from here
+
         self.done = 0
         self.unsynced = 0
         self.raw = bytearray(self._CHUNK * 8)
@@ -270,8 +273,10 @@ class _ShardWriter:
             self._emit(fh, self._read(n, at, min(step, info.end - at)))
 
     def _patch_chunked(self, fh: Any, n: str, lam: float, v: torch.Tensor) -> None:
+        import torch
+
         info = self.target.tensors[n]
-        dt, es = _TORCH_DTYPES[info.dtype], DTYPE_SIZES[info.dtype]
+        dt, es = torch_dtype(info.dtype), DTYPE_SIZES[info.dtype]
         if v.numel() != info.numel:
             raise InvalidInputError(f"the vector's {n} has {v.numel()} values, the target's {info.numel}")
         flat = v.reshape(-1)
@@ -293,6 +298,8 @@ class _ShardWriter:
                 self._emit(fh, memoryview(self.raw)[: k * es])
 
     def _patched_whole(self, n: str, lam: float, v: torch.Tensor) -> memoryview:
+        import torch
+
         w = self.target.get_tensor(n)
         w = (w.to(torch.float32) + lam * v).to(w.dtype).contiguous()
         return w.reshape(-1).view(torch.uint8).numpy().data

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from . import models as m
 from ._catalog import resolve_vector
 from ._core import current_actor
+from ._fit_settings import FitSettings
 from .audit import append_event, canonical_json, vector_state_digest
 from .checkpoint import Checkpoint
 from .errors import (
@@ -25,9 +26,7 @@ from .errors import (
 )
 from .family import compatibility_reasons, family_key, manifest_hash
 from .probes import Probe, load_probes, probes_hash
-from .recalibrate import FitSettings, encode_shots, fit_coefficients, score_layers
 from .records import AuditRecord, VectorRecord
-from .textio import load_model, load_tokenizer
 from .vectors import EXTRA_LABEL, VectorOps
 
 Progress = Callable[[int, int], None]
@@ -144,6 +143,12 @@ class PipelineOps(VectorOps):
         base_dir = Path(target) if target else self._degraded_path(vec)
         ck = Checkpoint(base_dir)
         self._fit_check(vec, ck)
+        from .recalibrate import (  # torch and transformers: imported on use
+            encode_shots,
+            score_layers,
+        )
+        from .textio import load_model, load_tokenizer
+
         model, tok = load_model(base_dir, device=device), load_tokenizer(base_dir)
         blocks = [lay.position for lay in vec.layers if lay.index is not None]
         slices = self.load_vector_slices(vec, positions=blocks)
@@ -211,6 +216,12 @@ class PipelineOps(VectorOps):
             hit = self._cached_fit(vec, target_hash, shots_hash, settings_hash)
             if hit is not None:
                 return hit
+        from .recalibrate import (  # torch and transformers: imported on use
+            encode_shots,
+            fit_coefficients,
+        )
+        from .textio import load_model, load_tokenizer
+
         model, tok = load_model(ck.path, device=device), load_tokenizer(ck.path)
         slices = self.load_vector_slices(vec, positions=positions)
         batches = encode_shots(tok, items, batch_size=s.batch_size, device=device)

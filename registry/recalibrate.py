@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch.func import functional_call
 
+from ._fit_settings import FitSettings
 from .errors import IncompatibleError, InvalidInputError
 from .probes import Probe
 from .textio import IGNORE_INDEX, collate, encode_example, encode_prompt, pad_id_of
@@ -33,21 +34,6 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 Slices = dict[int, dict[str, torch.Tensor]]  # position -> tensor name -> v (fp32)
-
-
-@dataclass(frozen=True)
-class FitSettings:
-    beta: float = 1.0
-    beta_benign: float = 1.0
-    gamma: float = 0.01
-    lambda_max: float = 2.0
-    init: float = 0.5
-    steps: int = 40
-    lr: float = 0.1
-    batch_size: int = 32
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)

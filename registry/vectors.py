@@ -23,9 +23,8 @@ import json
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-import torch
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, aliased
 
@@ -33,7 +32,6 @@ from . import models as m
 from ._catalog import check_name, resolve_family, resolve_vector
 from ._core import PendingCheckpoint, RegistryCore, current_actor
 from ._faults import crashpoint
-from ._slice_builder import SliceBuilder
 from ._threads import torch_threads
 from .audit import append_event, vector_state_digest
 from .checkpoint import (
@@ -45,6 +43,9 @@ from .codec import Scratch
 from .errors import AlreadyExistsError, IncompatibleError, InvalidInputError
 from .family import family_key, layer_of, manifest_hash
 from .records import CheckpointRecord, LayerRecord, VectorRecord
+
+if TYPE_CHECKING:
+    import torch
 
 SCOPES = ("blocks", "blocks+norms", "all")
 ENCODINGS = ("fp32", "bf16")
@@ -207,6 +208,8 @@ class VectorOps(RegistryCore):
         # while the previous one's last plane is still being compressed (one encoder
         # left a core idle at the end of every slice). The crashpoint fires as each
         # write is collected. Nothing is in the catalog until every blob is on disk.
+        from ._slice_builder import SliceBuilder  # imports torch
+
         layers: list[dict[str, Any]] = []
         shapes: dict[str, list[int]] = {}
         builder = SliceBuilder(a_ck, d_ck, encoding, hashers)
@@ -364,6 +367,8 @@ class VectorOps(RegistryCore):
                                               on_verified=learn))  # fmt: skip
         if sorted(tensors) != sorted(lay.tensor_names):
             raise InvalidInputError(f"slice {lay.label} of {vec.name} holds unexpected tensors")
+        import torch
+
         return {k: t.to(torch.float32) for k, t in tensors.items()}
 
     def remove_vector(self, ref: str) -> VectorRecord:

@@ -309,6 +309,36 @@ def test_metadata_filled_in_after_writing_reaches_every_shard_and_the_index(quic
     assert got.content_hash() == target.content_hash()  # the tensors are the target's, byte for byte
 
 
+def test_catalog_commands_start_without_torch(world_reg: Registry, quick_world: ToyWorld) -> None:
+    """Commands that read only the catalog, the store and headers never import torch (1.2 s of start-up)."""
+    import subprocess
+    import sys
+
+    target = quick_world.models["task-add"]
+    code = """if True:
+        import json, sys
+        from click.testing import CliRunner
+        from cli.main import cli
+        home, target = sys.argv[1:]
+        runs = [["vector", "ls"], ["vector", "show", "safety"], ["family", "ls"], ["resolve", target],
+                ["model", "add", target, "--role", "task"], ["model", "ls"], ["audit", "verify"], ["verify"]]
+        out = {}
+        for args in runs:
+            r = CliRunner().invoke(cli, ["--home", home, "--json", *args])
+            out[" ".join(args[:2])] = [r.exit_code, json.loads(r.stdout) if r.exit_code == 0 else r.output]
+        out["loaded"] = sorted(m for m in ("torch", "transformers") if m in sys.modules)
+        print(json.dumps(out))
+    """
+    proc = subprocess.run([sys.executable, "-c", code, str(world_reg.home), str(target)], capture_output=True,
+                          text=True, check=True, cwd=Path(__file__).resolve().parent.parent)  # fmt: skip
+    out = json.loads(proc.stdout)
+    assert out.pop("loaded") == []
+    assert {k: v[0] for k, v in out.items()} == dict.fromkeys(out, 0), out
+    assert [v["name"] for v in out["vector ls"][1]["vectors"]] == ["safety"]
+    assert out["resolve " + str(target)][1]["candidates"][0]["compatible"] is True
+    assert out["model add"][1]["hash"] == Checkpoint(target).content_hash()  # headers and bytes, no tensors
+
+
 def test_identify_survives_stripped_metadata(world_reg: Registry, quick_world: ToyWorld, tmp_path: Path) -> None:
     target = quick_world.task_model(quick_world.tasks[0])
     res = world_reg.patch(target, "safety", tmp_path / "p", coefficients="uniform:0.7", layers="all")
