@@ -31,3 +31,18 @@ def test_scale_quick(tmp_path: Path) -> None:
     md = (out / "RESULTS.md").read_text()
     assert "scale:begin" in md and "| extract" in md
     assert not (work / "quick").exists(), "generated checkpoints are removed after the run"
+
+
+def test_catalog_quick(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "catalog_scale.py"), "--quick", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    data = json.loads((tmp_path / "catalog-quick.json").read_text())
+    engines = data["results"]
+    assert "sqlite" in engines and ("postgresql" in engines or "PostgreSQL skipped" in proc.stdout)
+    for r in engines.values():
+        assert r["resolve"]["results"] == 10 and r["vector ls --family"]["results"] == 100
+        assert all(0 < r["command"][op]["p50_s"] <= r["command"][op]["max_s"] for op in ("resolve", "vector ls --family"))
+    assert "## Whole commands" in (tmp_path / "catalog-quick.md").read_text()
