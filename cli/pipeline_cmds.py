@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from registry._fit_settings import FitSettings
+from registry.fit_settings import FitSettings
 from registry.pipeline import parse_layers
 from registry.probes import load_probes
 

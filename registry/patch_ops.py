@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.orm import Session
 
 from ._core import PendingCheckpoint, current_actor
-from ._fit_settings import FitSettings
 from .audit import append_event, canonical_json, new_uid
 from .checkpoint import Checkpoint, ContentHasher
 from .codec import Scratch
 from .errors import AlreadyExistsError, IntegrityCheckError, RegistryError
+from .fit_settings import FitSettings
 from .patching import read_patch_metadata, write_order, write_patched
 from .pipeline import PipelineOps, Progress, auto_shots, layer_key, select_positions
 from .probes import Probe

@@ -204,9 +204,9 @@ class _ShardWriter:
 
     def __init__(self, target: Checkpoint, lookup: Callable[[str], tuple[float, torch.Tensor] | None],
                  hasher: ContentHasher | None, total: int, progress: Callable[[int, int], None] | None) -> None:  # fmt: skip
-        self.target, self.lookup, self.hasher, self.total, self.progress = target, lookup, hasher, total, progress
-        import torch  # on first use, not on import: `audit` reads patch metadata from here
+        import torch  # on use, not on import: `audit` reads patch metadata through this module
 
+        self.target, self.lookup, self.hasher, self.total, self.progress = target, lookup, hasher, total, progress
         self.done = 0
         self.unsynced = 0
         self.raw = bytearray(self._CHUNK * 8)

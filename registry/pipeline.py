@@ -16,7 +16,6 @@ from sqlalchemy.orm import Session
 from . import models as m
 from ._catalog import resolve_vector
 from ._core import current_actor
-from ._fit_settings import FitSettings
 from .audit import append_event, canonical_json, vector_state_digest
 from .checkpoint import Checkpoint
 from .errors import (
@@ -25,6 +24,7 @@ from .errors import (
     InvalidInputError,
 )
 from .family import compatibility_reasons, family_key, manifest_hash
+from .fit_settings import FitSettings
 from .probes import Probe, load_probes, probes_hash
 from .records import AuditRecord, VectorRecord
 from .vectors import EXTRA_LABEL, VectorOps
@@ -143,10 +143,8 @@ class PipelineOps(VectorOps):
         base_dir = Path(target) if target else self._degraded_path(vec)
         ck = Checkpoint(base_dir)
         self._fit_check(vec, ck)
-        from .recalibrate import (  # torch and transformers: imported on use
-            encode_shots,
-            score_layers,
-        )
+        # torch and transformers are imported here, on use: not when a catalog is opened
+        from .recalibrate import encode_shots, score_layers
         from .textio import load_model, load_tokenizer
 
         model, tok = load_model(base_dir, device=device), load_tokenizer(base_dir)
@@ -216,10 +214,8 @@ class PipelineOps(VectorOps):
             hit = self._cached_fit(vec, target_hash, shots_hash, settings_hash)
             if hit is not None:
                 return hit
-        from .recalibrate import (  # torch and transformers: imported on use
-            encode_shots,
-            fit_coefficients,
-        )
+        # torch and transformers are imported here, on use: not when a catalog is opened
+        from .recalibrate import encode_shots, fit_coefficients
         from .textio import load_model, load_tokenizer
 
         model, tok = load_model(ck.path, device=device), load_tokenizer(ck.path)

@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch.func import functional_call
 
-from ._fit_settings import FitSettings
 from .errors import IncompatibleError, InvalidInputError
+from .fit_settings import FitSettings
 from .probes import Probe
 from .textio import IGNORE_INDEX, collate, encode_example, encode_prompt, pad_id_of
 

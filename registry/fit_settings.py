@@ -1,5 +1,8 @@
-"""The recalibration fit's settings: apart from :mod:`registry.recalibrate` so that
-the CLI and the catalog side can name them without importing torch."""
+"""The recalibration fit's settings (loss weights, bounds, optimiser).
+
+Apart from :mod:`registry.recalibrate`, which re-exports them, so that the CLI
+and the catalog side can name them without importing torch.
+"""
 
 from __future__ import annotations
 
