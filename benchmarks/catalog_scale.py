@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -110,13 +111,17 @@ def command_wall(home: Path, url: str | None, target: Path, runs: int) -> dict[s
     """Wall time of the same two lookups as ``safegene`` commands, each a new process (what a user waits for)."""
     out: dict[str, Any] = {}
     base = [sys.executable, "-m", "cli", "--home", str(home), *(["--db", url] if url else []), "--json"]
-    for label, args in (("resolve", ["resolve", str(target)]), ("vector ls --family", ["vector", "ls", "--family", "llama"])):
-        times = []
+    lookups = (("resolve", ["resolve", str(target)], "candidates"),
+               ("vector ls --family", ["vector", "ls", "--family", "llama"], "vectors"))  # fmt: skip
+    for label, args, key in lookups:
+        times, found = [], set()
         for _ in range(runs):
             t0 = time.perf_counter()
-            subprocess.run([*base, *args], check=True, stdout=subprocess.DEVNULL, cwd=ROOT)
+            proc = subprocess.run([*base, *args], check=True, capture_output=True, cwd=ROOT)
             times.append(time.perf_counter() - t0)
-        out[label] = {"p50_s": round(statistics.median(times), 3), "max_s": round(max(times), 3)}
+            found.add(len(json.loads(proc.stdout)[key]))
+        out[label] = {"p50_s": round(statistics.median(times), 3), "max_s": round(max(times), 3),
+                      "results": found.pop() if len(found) == 1 else sorted(found)}  # fmt: skip
     return out
 
 
@@ -141,14 +146,18 @@ def main() -> None:
     ap.add_argument("--vectors", type=int, default=100_000)
     ap.add_argument("--families", type=int, default=1_000)
     ap.add_argument("--runs", type=int, default=50)
-    ap.add_argument("--command-runs", type=int, default=7, help="runs of each whole `safegene` command")
+    ap.add_argument("--command-runs", type=int, help="runs of each whole `safegene` command (default 7; quick 2)")
     ap.add_argument("--pg", default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
     ap.add_argument("--quick", action="store_true", help="2,000 vectors over 20 families (CI).")
     ap.add_argument("--out", type=Path, help="write results here instead of benchmarks/results/")
+    ap.add_argument("--work", type=Path, help="make the scratch homes in here (default: the system temp dir)")
     args = ap.parse_args()
     if args.quick:
-        args.vectors, args.families, args.runs, args.command_runs = 2_000, 20, 10, 2
-    work = Path(tempfile.mkdtemp(prefix="sg-catalog-"))
+        args.vectors, args.families, args.runs = 2_000, 20, 10
+    args.command_runs = args.command_runs or (2 if args.quick else 7)
+    if args.work:
+        args.work.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="sg-catalog-", dir=args.work))
     target = _tiny(work / "target")
     engines: list[tuple[str, str | None]] = [("sqlite", None)]
     pg_db = None
@@ -175,6 +184,7 @@ def main() -> None:
             reg.close()
             print(name, results[name], flush=True)
     finally:
+        shutil.rmtree(work, ignore_errors=True)
         if pg_db:
             with psycopg.connect(args.pg.replace("+psycopg", ""), autocommit=True) as c:
                 c.execute(f'DROP DATABASE IF EXISTS "{pg_db}" WITH (FORCE)')

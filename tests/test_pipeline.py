@@ -11,7 +11,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from cli.main import cli
@@ -309,19 +309,24 @@ def test_metadata_filled_in_after_writing_reaches_every_shard_and_the_index(quic
     assert got.content_hash() == target.content_hash()  # the tensors are the target's, byte for byte
 
 
-def test_catalog_commands_start_without_torch(world_reg: Registry, quick_world: ToyWorld) -> None:
+def test_catalog_commands_start_without_torch(world_reg: Registry, quick_world: ToyWorld, tmp_path: Path) -> None:
     """Commands that read only the catalog, the store and headers never import torch (1.2 s of start-up)."""
     import subprocess
     import sys
 
     target = quick_world.models["task-add"]
+    res = world_reg.patch(target, "safety", tmp_path / "p", coefficients="uniform:0.7", layers="all")
+    family = world_reg.get_vector("safety").family
     code = """if True:
         import json, sys
         from click.testing import CliRunner
         from cli.main import cli
-        home, target = sys.argv[1:]
-        runs = [["vector", "ls"], ["vector", "show", "safety"], ["family", "ls"], ["resolve", target],
-                ["model", "add", target, "--role", "task"], ["model", "ls"], ["audit", "verify"], ["verify"]]
+        home, target, patched, patched_hash, event, family = sys.argv[1:]
+        runs = [["vector", "ls"], ["vector", "show", "safety"], ["family", "ls"], ["family", "show", family],
+                ["resolve", target], ["model", "add", target, "--role", "task"], ["model", "ls"],
+                ["model", "show", patched_hash], ["audit", "log"], ["audit", "show", event], ["audit", "head"],
+                ["audit", "identify", patched], ["audit", "verify"], ["verify"], ["gc", "--dry-run"],
+                ["db", "current"], ["db", "check"], ["vector", "rm", "safety"]]
         out = {}
         for args in runs:
             r = CliRunner().invoke(cli, ["--home", home, "--json", *args])
@@ -329,14 +334,18 @@ def test_catalog_commands_start_without_torch(world_reg: Registry, quick_world: 
         out["loaded"] = sorted(m for m in ("torch", "transformers") if m in sys.modules)
         print(json.dumps(out))
     """
-    proc = subprocess.run([sys.executable, "-c", code, str(world_reg.home), str(target)], capture_output=True,
-                          text=True, check=True, cwd=Path(__file__).resolve().parent.parent)  # fmt: skip
+    args = [world_reg.home, target, tmp_path / "p", res.hash, res.event, family]
+    proc = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parent.parent)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
     out = json.loads(proc.stdout)
     assert out.pop("loaded") == []
     assert {k: v[0] for k, v in out.items()} == dict.fromkeys(out, 0), out
     assert [v["name"] for v in out["vector ls"][1]["vectors"]] == ["safety"]
     assert out["resolve " + str(target)][1]["candidates"][0]["compatible"] is True
     assert out["model add"][1]["hash"] == Checkpoint(target).content_hash()  # headers and bytes, no tensors
+    assert out["model show"][1]["hash"] == res.hash
+    assert out["audit identify"][1]["event"] == res.event  # patch metadata read from the shards' headers
 
 
 def test_identify_survives_stripped_metadata(world_reg: Registry, quick_world: ToyWorld, tmp_path: Path) -> None:
@@ -351,6 +360,18 @@ def test_identify_survives_stripped_metadata(world_reg: Registry, quick_world: T
     found = world_reg.identify(stripped)
     assert found.event == res.event and found.method == "content-hash"
     assert found.coefficients == {k: 0.7 for k in res.coefficients}
+
+
+def test_listing_gives_the_records_one_lookup_gives(reg: Registry, tiny_models: dict[str, Path]) -> None:
+    """`list_vectors` builds records from two lean queries; they must equal the ORM path's, field for field."""
+    reg.extract_vector(tiny_models["llama"], tiny_models["llama_b"], name="a")
+    reg.extract_vector(tiny_models["llama_b"], tiny_models["llama"], name="b")
+    reg.transaction(lambda s: s.execute(update(m.VectorLayer).where(m.VectorLayer.position == 0).values(
+        score=0.25, safety_gain=0.75, task_cost=0.5, selected=False)))  # fmt: skip
+    a, b = reg.get_vector("a"), reg.get_vector("b")
+    assert [(lay.score, lay.selected) for lay in a.layers[:2]] == [(0.25, False), (None, True)]
+    assert reg.list_vectors() == [b, a]  # newest first
+    assert reg.list_vectors(family="llama", limit=1) == [b]
 
 
 def test_resolve_ranks_and_explains(world_reg: Registry, quick_world: ToyWorld, tiny_models: dict[str, Path]) -> None:
