@@ -87,6 +87,11 @@ class CheckpointRecord:
         return asdict(self)
 
 
+# The ``vector_layers`` columns a LayerRecord is made from, in the order of its fields.
+LAYER_COLUMNS = ("position", "layer_index", "label", "tensor_names", "blob_sha256", "norm", "score", "safety_gain",
+                 "task_cost", "selected", "probe_set_hash")  # fmt: skip
+
+
 @dataclass(frozen=True)
 class LayerRecord:
     position: int
@@ -104,19 +109,15 @@ class LayerRecord:
     @classmethod
     def from_row(cls, row: Any) -> LayerRecord:
         """From an ORM row or a core row of ``vector_layers``."""
-        return cls(
-            position=row.position,
-            index=row.layer_index,
-            label=row.label,
-            tensor_names=json.loads(row.tensor_names),
-            blob=row.blob_sha256,
-            norm=row.norm,
-            score=row.score,
-            safety_gain=row.safety_gain,
-            task_cost=row.task_cost,
-            selected=row.selected,
-            probe_set=row.probe_set_hash,
-        )
+        return cls.from_values(*(getattr(row, c) for c in LAYER_COLUMNS))
+
+    @classmethod
+    def from_values(cls, position: int, layer_index: int | None, label: str, tensor_names: str, blob_sha256: str,
+                    norm: float, score: float | None, safety_gain: float | None, task_cost: float | None,
+                    selected: bool, probe_set_hash: str | None) -> LayerRecord:  # fmt: skip
+        """From the values of :data:`LAYER_COLUMNS`, in that order (a listing's plain row tuples)."""
+        return cls(position, layer_index, label, json.loads(tensor_names), blob_sha256, norm, score, safety_gain,
+                   task_cost, selected, probe_set_hash)  # fmt: skip
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -42,7 +42,7 @@ from .checkpoint import (
 from .codec import Scratch
 from .errors import AlreadyExistsError, IncompatibleError, InvalidInputError
 from .family import family_key, layer_of, manifest_hash
-from .records import CheckpointRecord, LayerRecord, VectorRecord
+from .records import LAYER_COLUMNS, CheckpointRecord, LayerRecord, VectorRecord
 
 if TYPE_CHECKING:
     import torch
@@ -394,8 +394,7 @@ _L = m.VectorLayer
 _VECTORS = (select(m.Vector.__table__, _AL.hash.label("aligned_hash"), _DE.hash.label("degraded_hash"))
             .outerjoin(_AL, _AL.id == m.Vector.aligned_id).outerjoin(_DE, _DE.id == m.Vector.degraded_id)
             .order_by(m.Vector.created_at.desc(), m.Vector.id.desc()))  # fmt: skip
-_LAYERS = select(_L.vector_id, _L.position, _L.layer_index, _L.label, _L.tensor_names, _L.blob_sha256, _L.norm,
-                 _L.score, _L.safety_gain, _L.task_cost, _L.selected, _L.probe_set_hash).order_by(_L.vector_id, _L.position)  # fmt: skip
+_LAYERS = select(_L.vector_id, *(getattr(_L, c) for c in LAYER_COLUMNS)).order_by(_L.vector_id, _L.position)
 
 
 def vector_records(session: Session, where: list[Any], *, limit: int | None = None) -> list[VectorRecord]:
@@ -403,12 +402,8 @@ def vector_records(session: Session, where: list[Any], *, limit: int | None = No
     rows = session.execute(_VECTORS.where(*where).limit(limit)).all()
     layers: dict[int, list[LayerRecord]] = {r.id: [] for r in rows}
     ids = list(layers)
-    loads = json.loads
     for i in range(0, len(ids), 1000):
-        chunk = session.execute(_LAYERS.where(_L.vector_id.in_(ids[i : i + 1000])))
-        for vid, pos, index, label, names, blob, norm, score, gain, cost, selected, probes in chunk:
-            layers[vid].append(LayerRecord(position=pos, index=index, label=label, tensor_names=loads(names), blob=blob,
-                                           norm=norm, score=score, safety_gain=gain, task_cost=cost, selected=selected,
-                                           probe_set=probes))  # fmt: skip
+        for vid, *values in session.execute(_LAYERS.where(_L.vector_id.in_(ids[i : i + 1000]))):
+            layers[vid].append(LayerRecord.from_values(*values))
     return [VectorRecord.build(r, aligned=r.aligned_hash, degraded=r.degraded_hash, layers=layers[r.id])
             for r in rows]  # fmt: skip
