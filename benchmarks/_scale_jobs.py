@@ -276,8 +276,111 @@ def job_generate(work: str, world: str, quick: bool, layers: list[int]) -> dict[
     return {"dirs": out}
 
 
+def _fp32_difference(a: torch.Tensor, d: torch.Tensor, out: torch.Tensor, tmp: torch.Tensor) -> None:
+    """``out = a − d`` in fp32, chunk by chunk through a cache-sized buffer (no large temporaries)."""
+    a, d, out, step = a.reshape(-1), d.reshape(-1), out.reshape(-1), tmp.numel()
+    for s in range(0, out.numel(), step):
+        n = min(step, out.numel() - s)
+        v = out[s : s + n]
+        v.copy_(a[s : s + n])
+        tmp[:n].copy_(d[s : s + n])
+        v.sub_(tmp[:n])
+
+
+def job_required_work(aligned: str, degraded: str, files: list[dict[str, Any]]) -> dict[str, Any]:
+    """CPU seconds of the work the design requires of an extraction, each part alone in this process.
+
+    The parts: both sources' identity hashes (sha256 over every tensor, reads
+    included); the difference in fp32, chunked through a cache-sized buffer as
+    the registry does it (inputs read and output mapped beforehand, untimed: the
+    hashes already paid for one read); each slice's content address (sha256 of
+    its payload); the codec (``encode_parts``; process time counts its threads);
+    the two digests of the stored body (the codec's body digest and the store's
+    file sha256). Divided by the cores, it is the least wall time this design
+    with this codec could take here, with perfect overlap and nothing else.
+    """
+    import hashlib
+
+    from registry import codec
+    from registry.checkpoint import Checkpoint
+    from registry.vectors import _scope_filter
+
+    torch.set_num_threads(1)
+    cpu: dict[str, float] = {}
+
+    def timed(part: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        t0 = time.process_time()
+        out = fn(*args, **kwargs)
+        cpu[part] = cpu.get(part, 0.0) + time.process_time() - t0
+        return out
+
+    a_ck, d_ck = Checkpoint(aligned), Checkpoint(degraded)
+    for ck in (a_ck, d_ck):
+        timed("source identity hashes", ck.content_hash)
+    diff_bytes = 0
+    tmp = torch.empty(1 << 18, dtype=torch.float32)
+    for name in _scope_filter(a_ck, "blocks"):
+        a, d = a_ck.get_tensor(name).clone(), d_ck.get_tensor(name).clone()  # read, untimed
+        out = torch.zeros(a.shape, dtype=torch.float32)  # its pages mapped, untimed
+        timed("difference in fp32", _fp32_difference, a, d, out, tmp)
+        diff_bytes += out.numel() * 4
+        del a, d, out
+    raw = stored = 0
+    for f in files:
+        payload = Path(f["path"]).read_bytes()
+        timed("content addresses (sha256)", hashlib.sha256, payload)
+        _, parts = timed("codec", codec.encode_parts, payload, skip=f["skip"], width=4)
+        body = b"".join(parts)
+        for _ in range(2):
+            timed("stored body digests (2 × sha256)", hashlib.sha256, body)
+        raw, stored = raw + len(payload), stored + len(body)
+        del payload, parts, body
+    cores = os.cpu_count() or 1
+    return {"cpu_s": cpu, "total_cpu_s": sum(cpu.values()), "cores": cores,
+            "bound_s": sum(cpu.values()) / cores, "diff_bytes": diff_bytes, "raw": raw, "stored": stored}  # fmt: skip
+
+
+def job_pass_cost(world: str, repeats: int = 7) -> dict[str, Any]:
+    """Seconds of one forward, and of one forward + backward, over the fine-tune's batch of shots.
+
+    Any recalibration that looks at the shots runs at least one forward over
+    them; a fitted one runs a forward and a backward per step (the λ gradient
+    is the weights' gradient contracted with the vector). Median of ``repeats``
+    after one untimed warm-up of each.
+    """
+    import statistics
+
+    from registry.textio import collate, encode_example, load_model, load_tokenizer, pad_id_of
+
+    torch.set_num_threads(2)
+    target = Path(world) / "task-add"
+    model, tok = load_model(target), load_tokenizer(target)
+    shots = [p for p in _shots32(world) if p.response]
+    batch = collate([encode_example(tok, p.prompt, p.response) for p in shots], pad_id_of(tok), side="right")
+
+    def forward() -> None:
+        with torch.no_grad():
+            model(**batch)
+
+    def forward_backward() -> None:
+        model.zero_grad(set_to_none=True)
+        model(**batch).loss.backward()
+
+    out: dict[str, Any] = {"rows": len(shots), "tokens": int(batch["attention_mask"].sum())}
+    for key, fn in (("forward_s", forward), ("forward_backward_s", forward_backward)):
+        fn()
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        out[key] = statistics.median(times)
+    return out
+
+
 JOBS = {"generate": job_generate, "floor": job_floor, "extract": job_extract, "dump": job_dump_payloads, "codec": job_codec,
-        "compare": job_compare, "recal": job_recal, "finetune": job_finetune}  # fmt: skip
+        "compare": job_compare, "recal": job_recal, "finetune": job_finetune,
+        "required_work": job_required_work, "pass_cost": job_pass_cost}  # fmt: skip
 
 if __name__ == "__main__":
     from transformers.utils import logging as hf_logging

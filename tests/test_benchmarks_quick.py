@@ -26,6 +26,12 @@ def test_scale_quick(tmp_path: Path) -> None:
     for figure in ("extract", "codec", "patch", "recal"):
         assert figure in data, f"quick run wrote no {figure} figures"
     assert data["extract"]["2"]["runs"][0]["extract"]["raw_size"] > 0
+    # the required-work bound ran on the very slices the codec figures use, every part timed
+    bound = data["extract_bound"]
+    assert bound["raw"] == data["extract"]["2"]["runs"][-1]["extract"]["raw_size"]
+    assert all(secs > 0 for secs in bound["cpu_s"].values()) and len(bound["cpu_s"]) == 5
+    passes = data["recal"]["passes"]
+    assert 0 < passes["forward_s"] < passes["forward_backward_s"]
     if data["peers"]:  # with benchmarks/.peers-venv: the patch outputs must agree with mergekit's
         assert data["patch"]["compare"]["max_diff_ulps"] <= 1.0
     md = (out / "RESULTS.md").read_text()
