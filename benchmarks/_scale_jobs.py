@@ -212,16 +212,23 @@ def job_recal(home: str, world: str, quick: bool) -> dict[str, Any]:
             "hrr_recalibrated": after, "shots": len(shots), "steps": len(fit.losses) - 1}  # fmt: skip
 
 
-def job_finetune(world: str, hrr_goal: float, max_steps: int, every: int, quick: bool) -> dict[str, Any]:
-    """Safety fine-tune the target on the same shots (full AdamW) until its HRR reaches ``hrr_goal``."""
-    from registry.evaluate import evaluate_model
+def _finetune_batch(world: str) -> tuple[Any, Any, list[Any], dict[str, torch.Tensor]]:
+    """The target model, its tokenizer, and the fine-tune's shots and their one right-padded batch."""
     from registry.textio import collate, encode_example, load_model, load_tokenizer, pad_id_of
 
-    torch.set_num_threads(2)
     target = Path(world) / "task-add"
     model, tok = load_model(target), load_tokenizer(target)
     shots = [p for p in _shots32(world) if p.response]  # benign shots without an answer give no SFT signal
     batch = collate([encode_example(tok, p.prompt, p.response) for p in shots], pad_id_of(tok), side="right")
+    return model, tok, shots, batch
+
+
+def job_finetune(world: str, hrr_goal: float, max_steps: int, every: int, quick: bool) -> dict[str, Any]:
+    """Safety fine-tune the target on the same shots (full AdamW) until its HRR reaches ``hrr_goal``."""
+    from registry.evaluate import evaluate_model
+
+    torch.set_num_threads(2)
+    model, tok, shots, batch = _finetune_batch(world)
     evals = _harmful_eval(world, quick)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)  # the toy world's fine-tune lr
     train_s = eval_s = 0.0
@@ -350,13 +357,8 @@ def job_pass_cost(world: str, repeats: int = 7) -> dict[str, Any]:
     """
     import statistics
 
-    from registry.textio import collate, encode_example, load_model, load_tokenizer, pad_id_of
-
     torch.set_num_threads(2)
-    target = Path(world) / "task-add"
-    model, tok = load_model(target), load_tokenizer(target)
-    shots = [p for p in _shots32(world) if p.response]
-    batch = collate([encode_example(tok, p.prompt, p.response) for p in shots], pad_id_of(tok), side="right")
+    model, _, shots, batch = _finetune_batch(world)
 
     def forward() -> None:
         with torch.no_grad():
