@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from registry.checkpoint import Checkpoint
+from registry.checkpoints.reader import Checkpoint
 
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 _Z_SAMPLES = 1 << 20

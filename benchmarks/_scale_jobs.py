@@ -80,7 +80,7 @@ def job_extract(home: str, aligned: str, degraded: str, cold: bool = False) -> d
 def job_dump_payloads(home: str, out: str) -> dict[str, Any]:
     """Write each slice payload of the registry's one vector to ``out`` (codec inputs)."""
     from registry import Registry
-    from registry.vectors import payload_skip
+    from registry.method.extract import payload_skip
 
     reg = Registry.open(home)
     vec = reg.list_vectors()[0]
@@ -97,7 +97,7 @@ def job_codec(files: list[dict[str, Any]], which: str, repeats: int) -> dict[str
     """Compress / decompress the payloads with the registry codec or plain zstd level 3."""
     import zstandard
 
-    from registry import codec
+    from registry.store import codec
 
     scratch = codec.Scratch()  # decoded as the registry decodes slices when patching: into reused buffers
 
@@ -121,7 +121,7 @@ def job_codec(files: list[dict[str, Any]], which: str, repeats: int) -> dict[str
 
 def job_compare(a: str, b: str, target: str) -> dict[str, Any]:
     """Compare two checkpoints tensor by tensor (bf16 ulps), and each against the target."""
-    from registry.checkpoint import Checkpoint
+    from registry.checkpoints.reader import Checkpoint
 
     ca, cb, ct = Checkpoint(a), Checkpoint(b), Checkpoint(target)
     if ca.manifest() != cb.manifest():
@@ -145,7 +145,7 @@ def job_compare(a: str, b: str, target: str) -> dict[str, Any]:
 
 
 def _shots32(world_dir: str) -> list[Any]:
-    from registry.probes import load_probes
+    from registry.evaluation.probes import load_probes
 
     shots = load_probes(Path(world_dir) / "shots-add.jsonl")
     by = {k: [p for p in shots if p.kind == k] for k in ("harmful", "task", "benign")}
@@ -154,7 +154,7 @@ def _shots32(world_dir: str) -> list[Any]:
 
 def _held_out(world_dir: str, kind: str, limit: int | None) -> list[Any]:
     """The held-out ``eval-add`` probes of one kind: the first ``limit`` (None: all)."""
-    from registry.probes import load_probes
+    from registry.evaluation.probes import load_probes
 
     return [p for p in load_probes(Path(world_dir) / "eval-add.jsonl") if p.kind == kind][:limit]
 
@@ -166,7 +166,7 @@ def _harmful_eval(world_dir: str, quick: bool) -> list[Any]:
 def _side_effects(world_dir: str, quick: bool, model: Any, tok: Any) -> dict[str, Any]:
     """What a method costs besides the harmful rate: task accuracy and over-refusal on the
     held-out task and benign probes (evaluated after the timed part, never fitted on)."""
-    from registry.evaluate import evaluate_model
+    from registry.evaluation.evaluate import evaluate_model
 
     probes = [p for kind in ("task", "benign") for p in _held_out(world_dir, kind, 8 if quick else None)]
     res = evaluate_model(None, probes, model=model, tokenizer=tok)
@@ -175,9 +175,9 @@ def _side_effects(world_dir: str, quick: bool, model: Any, tok: Any) -> dict[str
 
 def job_recal(home: str, world: str, quick: bool) -> dict[str, Any]:
     from registry import Registry
-    from registry.evaluate import evaluate_model
-    from registry.recalibrate import apply_in_memory
-    from registry.textio import load_model, load_tokenizer
+    from registry.evaluation.evaluate import evaluate_model
+    from registry.evaluation.textio import load_model, load_tokenizer
+    from registry.method.recalibrate import apply_in_memory
 
     torch.set_num_threads(2)
     reg = Registry.open(home)
@@ -196,7 +196,7 @@ def job_recal(home: str, world: str, quick: bool) -> dict[str, Any]:
     del target_model
     hwm_before = vm_hwm_mib()
     t0 = time.perf_counter()
-    from registry.recalibrate import FitSettings
+    from registry.method.recalibrate import FitSettings
 
     settings = FitSettings(steps=5) if quick else None  # the smoke run only checks that the code runs
     fit = reg.recalibrate(target, vec.hash, shots, layers="all", use_cache=False, settings=settings)
@@ -214,7 +214,13 @@ def job_recal(home: str, world: str, quick: bool) -> dict[str, Any]:
 
 def _finetune_batch(world: str) -> tuple[Any, Any, list[Any], dict[str, torch.Tensor]]:
     """The target model, its tokenizer, and the fine-tune's shots and their one right-padded batch."""
-    from registry.textio import collate, encode_example, load_model, load_tokenizer, pad_id_of
+    from registry.evaluation.textio import (
+        collate,
+        encode_example,
+        load_model,
+        load_tokenizer,
+        pad_id_of,
+    )
 
     target = Path(world) / "task-add"
     model, tok = load_model(target), load_tokenizer(target)
@@ -225,7 +231,7 @@ def _finetune_batch(world: str) -> tuple[Any, Any, list[Any], dict[str, torch.Te
 
 def job_finetune(world: str, hrr_goal: float, max_steps: int, every: int, quick: bool) -> dict[str, Any]:
     """Safety fine-tune the target on the same shots (full AdamW) until its HRR reaches ``hrr_goal``."""
-    from registry.evaluate import evaluate_model
+    from registry.evaluation.evaluate import evaluate_model
 
     torch.set_num_threads(2)
     model, tok, shots, batch = _finetune_batch(world)
@@ -308,9 +314,9 @@ def job_required_work(aligned: str, degraded: str, files: list[dict[str, Any]]) 
     """
     import hashlib
 
-    from registry import codec
-    from registry.checkpoint import Checkpoint
-    from registry.vectors import _scope_filter
+    from registry.checkpoints.reader import Checkpoint
+    from registry.method.extract import _scope_filter
+    from registry.store import codec
 
     torch.set_num_threads(1)
     cpu: dict[str, float] = {}

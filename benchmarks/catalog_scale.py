@@ -32,9 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import md_table, write_results  # noqa: E402
 
 from registry import Registry  # noqa: E402
-from registry import models as m  # noqa: E402
-from registry.checkpoint import Checkpoint  # noqa: E402
-from registry.family import family_key, manifest_hash  # noqa: E402
+from registry.catalog import models as m  # noqa: E402
+from registry.checkpoints.family import family_key, manifest_hash  # noqa: E402
+from registry.checkpoints.reader import Checkpoint  # noqa: E402
 
 LAYERS = 4
 ROOT = Path(__file__).resolve().parent.parent

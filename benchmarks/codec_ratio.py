@@ -23,9 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import md_table, write_results  # noqa: E402
 
 from registry import codec  # noqa: E402
-from registry.checkpoint import Checkpoint  # noqa: E402
+from registry.checkpoints.reader import Checkpoint  # noqa: E402
+from registry.method.extract import payload_skip, plan_slices  # noqa: E402
 from registry.toy import build_world, load_world  # noqa: E402
-from registry.vectors import payload_skip, plan_slices  # noqa: E402
 
 
 def measure(a: Checkpoint, b: Checkpoint, dtype: torch.dtype) -> dict[str, float]:

@@ -32,12 +32,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import md_table, write_results  # noqa: E402
 
 from registry import Registry  # noqa: E402
-from registry.demo import get_or_build_world  # noqa: E402
 from registry.errors import InvalidInputError, NotFoundError  # noqa: E402
-from registry.evaluate import evaluate_model  # noqa: E402
-from registry.probes import load_probes  # noqa: E402
-from registry.recalibrate import apply_in_memory  # noqa: E402
-from registry.textio import load_model, load_tokenizer  # noqa: E402
+from registry.evaluation.evaluate import evaluate_model  # noqa: E402
+from registry.evaluation.probes import load_probes  # noqa: E402
+from registry.evaluation.textio import load_model, load_tokenizer  # noqa: E402
+from registry.method.recalibrate import apply_in_memory  # noqa: E402
+from registry.toy.demo import get_or_build_world  # noqa: E402
 
 ROWS = ("aligned", "task", "RESTA", "full+λ", "SafeGene")
 METRICS = ("harmful_rate", "harmful_compliance_rate", "task_accuracy", "benign_refusal_rate")

@@ -25,13 +25,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import md_table, write_results  # noqa: E402
 
-from registry.checkpoint import Checkpoint  # noqa: E402
-from registry.evaluate import evaluate_model  # noqa: E402
-from registry.probes import load_probes  # noqa: E402
-from registry.recalibrate import apply_in_memory  # noqa: E402
-from registry.textio import load_model, load_tokenizer  # noqa: E402
+from registry.checkpoints.reader import Checkpoint  # noqa: E402
+from registry.evaluation.evaluate import evaluate_model  # noqa: E402
+from registry.evaluation.probes import load_probes  # noqa: E402
+from registry.evaluation.textio import load_model, load_tokenizer  # noqa: E402
+from registry.method.extract import plan_slices  # noqa: E402
+from registry.method.recalibrate import apply_in_memory  # noqa: E402
 from registry.toy import load_world  # noqa: E402
-from registry.vectors import plan_slices  # noqa: E402
 
 GAMMAS = (0.5, 1.0, 2.0, 4.0)
 

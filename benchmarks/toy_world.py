@@ -25,8 +25,8 @@ from transformers.utils import logging as hf_logging
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from registry.evaluate import evaluate_model  # noqa: E402
-from registry.probes import load_probes  # noqa: E402
+from registry.evaluation.evaluate import evaluate_model  # noqa: E402
+from registry.evaluation.probes import load_probes  # noqa: E402
 from registry.toy import FAMILIES, ToyWorld, build_world  # noqa: E402
 
 HERE = Path(__file__).resolve().parent

@@ -23,7 +23,7 @@ def audit_group() -> None:
 @click.option("--kind", help="patch | vector.register | vector.score | vector.remove")
 @click.option("--actor")
 @click.option("--since", help="ISO date/time.")
-@click.option("--limit", type=int, help="Only the last N events.")
+@click.option("--limit", type=click.IntRange(min=1), help="Only the last N events.")
 @pass_app
 def audit_log(app: App, model: str | None, vector: str | None, family: str | None, kind: str | None,
               actor: str | None, since: str | None, limit: int | None) -> None:  # fmt: skip
@@ -105,7 +105,7 @@ def verify(app: App, quick: bool, verify_key: Path | None) -> None:
 
 @click.command("gc")
 @click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
-@click.option("--grace", type=float, default=3600.0, show_default=True,
+@click.option("--grace", type=click.FloatRange(min=0.0), default=3600.0, show_default=True,
               help="Keep unreferenced blobs and temp files younger than this many seconds.")
 @pass_app
 def gc(app: App, dry_run: bool, grace: float) -> None:

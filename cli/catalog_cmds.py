@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from registry import db
 from registry.api import ROLES
+from registry.catalog import db
 
 from ._app import App, pass_app
 from ._errors import CHECK_FAILED

@@ -34,8 +34,10 @@ def vector_export(app: App, name: str, out: Path, fmt: str, target: Path | None,
                   rank: int | None, energy: float, skip_unsupported: bool, sign_key: Path | None,
                   force: bool) -> None:  # fmt: skip
     """Write vector NAME to OUT as a bundle file or a PEFT LoRA adapter folder."""
-    from registry.bundle import export_bundle  # these import torch: not at the CLI's start-up
-    from registry.peft_io import export_peft
+    from registry.exchange.bundle import (
+        export_bundle,  # these import torch: not at the CLI's start-up
+    )
+    from registry.exchange.peft import export_peft
 
     reg = app.registry()
     if fmt == "bundle":
@@ -72,8 +74,10 @@ def vector_export(app: App, name: str, out: Path, fmt: str, target: Path | None,
 @pass_app
 def vector_import(app: App, path: Path, name: str | None, base: Path | None, verify_key: Path | None) -> None:
     """Register a vector from a bundle file or a PEFT LoRA adapter folder (verified first)."""
-    from registry.bundle import import_bundle  # these import torch: not at the CLI's start-up
-    from registry.peft_io import import_peft
+    from registry.exchange.bundle import (
+        import_bundle,  # these import torch: not at the CLI's start-up
+    )
+    from registry.exchange.peft import import_peft
 
     reg = app.registry()
     if path.is_dir():

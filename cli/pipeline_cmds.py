@@ -8,9 +8,9 @@ from typing import Any
 
 import click
 
-from registry.fit_settings import FitSettings
-from registry.pipeline import parse_layers
-from registry.probes import load_probes
+from registry.evaluation.probes import load_probes
+from registry.method.fit_settings import FitSettings
+from registry.method.pipeline import parse_layers
 
 from ._app import App, pass_app
 from ._output import short
@@ -19,16 +19,22 @@ TARGET = click.Path(file_okay=False, path_type=Path)
 SHOTS = click.Path(dir_okay=False, path_type=Path)
 
 
+POSITIVE = click.FloatRange(min=0.0, min_open=True)
+NON_NEGATIVE = click.FloatRange(min=0.0)
+
+
 def fit_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Options of the λ fit shared by `recalibrate` and `patch`."""
+    """Options of the λ fit shared by `recalibrate` and `patch` (ranges checked by click: exit 2)."""
     defaults = FitSettings()
     for opt in reversed([
-        click.option("--steps", type=int, default=defaults.steps, show_default=True, help="Adam steps on λ."),
-        click.option("--beta", type=float, default=defaults.beta, show_default=True, help="Task-loss weight."),
-        click.option("--beta-benign", type=float, default=defaults.beta_benign, show_default=True,
+        click.option("--steps", type=click.IntRange(min=1), default=defaults.steps, show_default=True,
+                     help="Adam steps on λ."),
+        click.option("--beta", type=NON_NEGATIVE, default=defaults.beta, show_default=True, help="Task-loss weight."),
+        click.option("--beta-benign", type=NON_NEGATIVE, default=defaults.beta_benign, show_default=True,
                      help="Benign-helpfulness (or KL) weight: guards against over-refusal."),
-        click.option("--gamma", type=float, default=defaults.gamma, show_default=True, help="L1 weight on λ."),
-        click.option("--lambda-max", type=float, default=defaults.lambda_max, show_default=True),
+        click.option("--gamma", type=NON_NEGATIVE, default=defaults.gamma, show_default=True, help="L1 weight on λ."),
+        click.option("--lambda-max", type=POSITIVE, default=defaults.lambda_max, show_default=True,
+                     help="Upper bound of every λ (> 0)."),
         click.option("--device", default="cpu", show_default=True, help="cpu or cuda."),
     ]):  # fmt: skip
         fn = opt(fn)
@@ -36,13 +42,15 @@ def fit_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _settings(kw: dict[str, Any]) -> FitSettings:
+    lambda_max = kw.pop("lambda_max")
     return FitSettings(steps=kw.pop("steps"), beta=kw.pop("beta"), beta_benign=kw.pop("beta_benign"),
-                       gamma=kw.pop("gamma"), lambda_max=kw.pop("lambda_max"))  # fmt: skip
+                       gamma=kw.pop("gamma"), lambda_max=lambda_max,
+                       init=min(FitSettings.init, lambda_max))  # fmt: skip
 
 
 @click.command()
 @click.argument("target_dir", type=TARGET)
-@click.option("--limit", type=int, default=10, show_default=True)
+@click.option("--limit", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--all", "include_all", is_flag=True, help="Also list incompatible vectors with why.")
 @pass_app
 def resolve(app: App, target_dir: Path, limit: int, include_all: bool) -> None:
@@ -104,8 +112,8 @@ def patch(app: App, target_dir: Path, vector: str, out_dir: Path, shots: Path | 
 @click.argument("model_dir", type=TARGET)
 @click.option("--probes", required=True, type=SHOTS, help="JSONL probes (harmful / benign / task).")
 @click.option("--judge", default="keyword", show_default=True, help="keyword | classifier:PATH")
-@click.option("--batch-size", type=int, default=32, show_default=True)
-@click.option("--max-new-tokens", type=int, default=64, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write a PNG placing the model on the safety–utility plane (needs matplotlib).")
@@ -113,8 +121,10 @@ def patch(app: App, target_dir: Path, vector: str, out_dir: Path, shots: Path | 
 def eval_cmd(app: App, model_dir: Path, probes: Path, judge: str, batch_size: int, max_new_tokens: int,
              device: str, plot: Path | None) -> None:  # fmt: skip
     """Harmful response rate, task accuracy and benign over-refusal of MODEL_DIR."""
-    from registry.evaluate import evaluate_model  # torch and transformers: imported on use
-    from registry.judges import get_judge
+    from registry.evaluation.evaluate import (
+        evaluate_model,  # torch and transformers: imported on use
+    )
+    from registry.evaluation.judges import get_judge
 
     items = load_probes(probes)
     judge_obj = get_judge(judge)
@@ -124,7 +134,7 @@ def eval_cmd(app: App, model_dir: Path, probes: Path, judge: str, batch_size: in
                              progress=lambda d, t: update(d, t))  # fmt: skip
     data = res.to_json()
     if plot is not None:
-        from registry.plots import plot_safety_utility
+        from registry.evaluation.plots import plot_safety_utility
 
         plot_safety_utility([{**data, "model": model_dir.name}], plot, title=f"eval of {model_dir.name}")
         app.out.info(f"wrote {plot}")

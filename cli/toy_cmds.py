@@ -12,7 +12,7 @@ from registry.toy import FAMILIES
 from ._app import App, pass_app
 
 if TYPE_CHECKING:
-    from registry.demo import DemoResult
+    from registry.toy.demo import DemoResult
 
 
 @click.group("toy")
@@ -72,11 +72,11 @@ def _print_demo(app: App, res: DemoResult) -> None:
 @pass_app
 def demo(app: App, family: str, workdir: Path, seed: int, quick: bool, plot: Path | None) -> None:
     """The whole pipeline end to end on a toy world."""
-    from registry.demo import run_demo
+    from registry.toy.demo import run_demo
 
     res = run_demo(app.registry(), workdir, family=family, seed=seed, quick=quick, say=app.out.info)
     if plot is not None:
-        from registry.plots import plot_safety_utility
+        from registry.evaluation.plots import plot_safety_utility
 
         plot_safety_utility([r.__dict__ for r in res.rows], plot, title=f"SafeGene demo: {family}")
         app.out.info(f"wrote {plot}")

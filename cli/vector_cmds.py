@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from registry.records import VectorRecord
+from registry.catalog.records import VectorRecord
 
 from ._app import App, pass_app
 from ._output import human_bytes, short
@@ -68,7 +68,7 @@ def vector_extract(app: App, aligned: str, degraded: str, name: str, probes: Pat
               help="JSONL with harmful (+refusal) and task/benign shots.")
 @click.option("--target", type=click.Path(file_okay=False, path_type=Path),
               help="Model to score on (default: the vector's degraded checkpoint).")
-@click.option("--beta", type=float, default=1.0, show_default=True, help="Weight of the task cost.")
+@click.option("--beta", type=click.FloatRange(min=0.0), default=1.0, show_default=True, help="Weight of the task cost.")
 @click.option("--device", default="cpu", show_default=True)
 @pass_app
 def vector_score(app: App, name: str, probes: Path, target: Path | None, beta: float, device: str) -> None:
@@ -82,7 +82,7 @@ def vector_score(app: App, name: str, probes: Path, target: Path | None, beta: f
 
 @vector_group.command("ls")
 @click.option("--family", help="Family REF (model type or id prefix).")
-@click.option("--limit", type=int, help="At most this many, newest first.")
+@click.option("--limit", type=click.IntRange(min=1), help="At most this many, newest first.")
 @pass_app
 def vector_ls(app: App, family: str | None, limit: int | None) -> None:
     """List vectors, newest first."""
@@ -102,7 +102,7 @@ def vector_show(app: App, name: str, plot: Path | None) -> None:
     """Show a vector with its per-layer scores."""
     rec = app.registry().get_vector(name)
     if plot is not None:
-        from registry.plots import plot_layer_scores
+        from registry.evaluation.plots import plot_layer_scores
 
         plot_layer_scores(rec, plot)
         app.out.info(f"wrote {plot}")

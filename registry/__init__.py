@@ -8,8 +8,8 @@ except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
 from .api import InitResult, Registry
+from .catalog.records import AuditRecord, CheckpointRecord, FamilyRecord, LayerRecord, VectorRecord
 from .errors import RegistryError
-from .records import AuditRecord, CheckpointRecord, FamilyRecord, LayerRecord, VectorRecord
 
 __all__ = [
     "AuditRecord",

@@ -19,9 +19,10 @@ from typing import Any, Self, TypeVar
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from . import db
-from . import models as m
-from ._catalog import (
+from .audit.signing import load_key
+from .catalog import db
+from .catalog import models as m
+from .catalog.queries import (
     check_name,
     default_name,
     free_name,
@@ -29,12 +30,11 @@ from ._catalog import (
     resolve_checkpoint,
     resolve_family,
 )
-from .checkpoint import Checkpoint
+from .catalog.records import CheckpointRecord, FamilyRecord
+from .checkpoints.family import FamilyKey, family_key, manifest_hash
+from .checkpoints.reader import Checkpoint
 from .errors import AlreadyExistsError, InvalidInputError
-from .family import FamilyKey, family_key, manifest_hash
-from .records import CheckpointRecord, FamilyRecord
-from .signing import load_key
-from .store import BlobStore
+from .store.blobs import BlobStore
 
 T = TypeVar("T")
 ROLES = ("aligned", "degraded", "base", "task", "patched")

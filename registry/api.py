@@ -10,9 +10,9 @@ Example:
 from __future__ import annotations
 
 from ._core import ROLES, InitResult, current_actor, default_home
-from .integrity import AuditOps
-from .patch_ops import PatchOps
-from .vectors import VectorOps
+from .audit.integrity import AuditOps
+from .method.extract import VectorOps
+from .method.patcher import PatchOps
 
 __all__ = ["ROLES", "InitResult", "Registry", "current_actor", "default_home"]
 

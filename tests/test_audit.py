@@ -14,8 +14,8 @@ from click.testing import CliRunner
 from sqlalchemy import select, text, update
 
 from cli.main import cli
-from registry import models as m
 from registry.api import Registry
+from registry.catalog import models as m
 from registry.errors import IntegrityCheckError
 
 AUDIT_FIELDS = ["kind", "actor", "tool_version", "created_at", "vector_hash", "target_hash", "output_hash",
@@ -123,8 +123,8 @@ def _file_sha256(store, sha: str) -> str:  # type: ignore[no-untyped-def]
 
 
 def test_blob_files_are_trusted_once_verified_and_checked_in_full_when_changed(chain_reg: Registry) -> None:
-    from registry import codec
-    from registry.vectors import decode_slice
+    from registry.method.extract import decode_slice
+    from registry.store import codec
 
     vec = chain_reg.get_vector("v")
     store = chain_reg.store

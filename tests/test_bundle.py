@@ -15,16 +15,16 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import func, select
 
 from cli.main import cli
-from registry import models as m
 from registry.api import Registry
-from registry.bundle import MAGIC, export_bundle, import_bundle, verify_bundle
+from registry.catalog import models as m
 from registry.errors import (
     AlreadyExistsError,
     IntegrityCheckError,
     InvalidInputError,
     RegistryError,
 )
-from registry.probes import by_kind, load_probes
+from registry.evaluation.probes import by_kind, load_probes
+from registry.exchange.bundle import MAGIC, export_bundle, import_bundle, verify_bundle
 from registry.toy.build import ToyWorld
 
 TABLES = (m.Family, m.Checkpoint, m.Blob, m.Vector, m.VectorLayer, m.ProbeSet, m.AuditEvent)

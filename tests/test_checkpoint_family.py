@@ -11,11 +11,11 @@ from click.testing import CliRunner
 from sqlalchemy import func, select
 
 from cli.main import cli
-from registry import models as m
 from registry.api import Registry
-from registry.checkpoint import Checkpoint, read_header
+from registry.catalog import models as m
+from registry.checkpoints.family import compatibility_reasons, family_key, layer_of
+from registry.checkpoints.reader import Checkpoint, read_header
 from registry.errors import InvalidCheckpointError
-from registry.family import compatibility_reasons, family_key, layer_of
 
 
 def _fam(path: Path) -> str:

@@ -14,9 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save
 
-from registry import codec
 from registry.errors import IntegrityCheckError
-from registry.store import BlobStore
+from registry.store import codec
+from registry.store.blobs import BlobStore
 
 DTYPES = {"fp32": (torch.float32, torch.int32, 4), "fp16": (torch.float16, torch.int16, 2),
           "bf16": (torch.bfloat16, torch.int16, 2)}
@@ -253,7 +253,7 @@ def test_the_exponent_plane_is_an_ordinary_sized_zstd_frame_with_huffman_literal
         monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     """The top plane goes through zstd's C API (cffi) with literals always Huffman-coded: smaller than
     the C backend's frame for it, still a plain zstd frame stating its size; without cffi, the old path."""
-    from registry import _zstd_literals
+    from registry.store import _zstd_literals
 
     assert _zstd_literals.AVAILABLE, "zstandard's cffi backend is missing: pip install cffi"
     g = torch.Generator().manual_seed(3)
@@ -273,7 +273,7 @@ def test_the_exponent_plane_is_an_ordinary_sized_zstd_frame_with_huffman_literal
 
 
 def test_the_literals_compressor_holds_to_its_pledged_size() -> None:
-    from registry import _zstd_literals
+    from registry.store import _zstd_literals
 
     obj = _zstd_literals.LiteralsCompressor(10, _zstd_literals.exponent_params())
     obj.compress(b"x" * 6)
@@ -293,7 +293,7 @@ def test_the_literals_compressor_holds_to_its_pledged_size() -> None:
 def test_slice_buffers_decode_like_safetensors_and_share_writable_memory() -> None:
     from safetensors.torch import load
 
-    from registry.checkpoint import tensors_from_buffer
+    from registry.checkpoints.reader import tensors_from_buffer
     from registry.errors import InvalidCheckpointError
 
     tensors = {"b.w": torch.arange(12, dtype=torch.float32).reshape(3, 4), "a.w": torch.ones(5, dtype=torch.bfloat16),

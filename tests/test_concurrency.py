@@ -11,9 +11,9 @@ from pathlib import Path
 from safetensors.torch import load_file, save_file
 from sqlalchemy import func, select
 
-from registry import models as m
 from registry.api import Registry
-from registry.checkpoint import Checkpoint
+from registry.catalog import models as m
+from registry.checkpoints.reader import Checkpoint
 
 
 def _run_parallel(args_list: list[list[str]], env: dict[str, str]) -> list[subprocess.CompletedProcess[str]]:

@@ -20,7 +20,7 @@ from click.testing import CliRunner
 
 from cli.main import cli
 from registry.api import Registry
-from registry.checkpoint import Checkpoint
+from registry.checkpoints.reader import Checkpoint
 
 SEED = int(os.environ.get("SAFEGENE_CRASH_SEED", "20261128"))
 KILLS_PER_COMMAND = 7  # model add has only 2 points: 2 + 3 × 7 = 23 kills per run

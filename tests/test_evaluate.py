@@ -17,9 +17,14 @@ from transformers import (
 )
 
 from registry.errors import InvalidCheckpointError, InvalidInputError
-from registry.evaluate import EvalResult, evaluate_model, normalize_answer, score_responses
-from registry.probes import Probe, load_probes
-from registry.textio import (
+from registry.evaluation.evaluate import (
+    EvalResult,
+    evaluate_model,
+    normalize_answer,
+    score_responses,
+)
+from registry.evaluation.probes import Probe, load_probes
+from registry.evaluation.textio import (
     IGNORE_INDEX,
     collate,
     encode_example,

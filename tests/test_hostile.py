@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cli.main import cli
-from registry.checkpoint import Checkpoint, read_header
+from registry.checkpoints.reader import Checkpoint, read_header
 from registry.errors import InvalidCheckpointError
 
 

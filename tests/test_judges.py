@@ -9,7 +9,7 @@ import torch
 from transformers import LlamaConfig, LlamaForSequenceClassification
 
 from registry.errors import InvalidCheckpointError, InvalidInputError
-from registry.judges import (
+from registry.evaluation.judges import (
     GCG_REFUSAL_KEYWORDS,
     JUDGES,
     ClassifierJudge,

@@ -9,10 +9,10 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect
 
-from registry import db
 from registry.api import Registry
+from registry.catalog import db
+from registry.catalog.models import Base
 from registry.errors import SchemaOutdatedError
-from registry.models import Base
 
 TABLES = {"families", "checkpoints", "blobs", "vectors", "vector_layers", "probe_sets",
           "recalibrations", "audit_events"}

@@ -14,11 +14,11 @@ from safetensors.torch import load_file, save_file
 
 from cli.main import cli
 from registry.api import Registry
-from registry.checkpoint import Checkpoint
+from registry.checkpoints.reader import Checkpoint
 from registry.errors import IncompatibleError, InvalidInputError
-from registry.peft_io import export_peft, import_peft
-from registry.probes import by_kind, load_probes
-from registry.recalibrate import FitSettings
+from registry.evaluation.probes import by_kind, load_probes
+from registry.exchange.peft import export_peft, import_peft
+from registry.method.recalibrate import FitSettings
 from registry.toy.build import ToyWorld
 
 peft = pytest.importorskip("peft")

@@ -15,11 +15,11 @@ from sqlalchemy import func, select, update
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from cli.main import cli
-from registry import models as m
 from registry.api import Registry
-from registry.checkpoint import Checkpoint
+from registry.catalog import models as m
+from registry.checkpoints.reader import Checkpoint
 from registry.errors import IncompatibleError, InvalidInputError
-from registry.recalibrate import FitSettings, ShotBatches, apply_in_memory
+from registry.method.recalibrate import FitSettings, ShotBatches, apply_in_memory
 from registry.toy.build import ToyWorld
 
 FAST = FitSettings(steps=8)
@@ -52,8 +52,8 @@ def test_extract_is_exact_difference(world_reg: Registry, quick_world: ToyWorld)
 
 def test_extract_hashes_sources_once_in_any_slice_order(tmp_path: Path, quick_world: ToyWorld) -> None:
     """Blocks are hashed from the extraction's own reads; ``all`` (names interleave) hashes first: same identities."""
-    from registry.checkpoint import ContentHasher
-    from registry.vectors import _name_order, _scope_filter, plan_slices
+    from registry.checkpoints.reader import ContentHasher
+    from registry.method.extract import _name_order, _scope_filter, plan_slices
 
     a, d = Checkpoint(quick_world.models["aligned"]), Checkpoint(quick_world.models["degraded"])
     assert _name_order(plan_slices(_scope_filter(a, "blocks"), "blocks")) is not None
@@ -87,7 +87,7 @@ def test_extract_hashes_sources_once_in_any_slice_order(tmp_path: Path, quick_wo
 
 def test_new_blob_files_are_recorded_as_written(world_reg: Registry) -> None:
     """The store records each file's sha256 as it writes it: the first read already skips the payload hash."""
-    from registry.store import sha256_hex
+    from registry.store.blobs import sha256_hex
 
     vec = world_reg.get_vector("safety")
     store = world_reg.store
@@ -162,9 +162,9 @@ def test_recalibrate_bounds_and_cache(world_reg: Registry, quick_world: ToyWorld
 
 def _task_model_and_shots_with_kl_rows(world: ToyWorld, *, batch_size: int) -> tuple[PreTrainedModel, ShotBatches]:
     """The first task model and its encoded shots, plus each benign prompt again without an answer (KL rows)."""
-    from registry.probes import Probe, load_probes
-    from registry.recalibrate import encode_shots
-    from registry.textio import load_model, load_tokenizer
+    from registry.evaluation.probes import Probe, load_probes
+    from registry.evaluation.textio import load_model, load_tokenizer
+    from registry.method.recalibrate import encode_shots
 
     target = world.task_model(world.tasks[0])
     model, tok = load_model(target), load_tokenizer(target)
@@ -177,7 +177,7 @@ def test_one_forward_objective_equals_a_forward_per_chunk(world_reg: Registry, q
     """The merged batch (every chunk of every kind in one right-padded forward) gives each chunk's own terms."""
     from torch.func import functional_call
 
-    from registry.recalibrate import _Objective
+    from registry.method.recalibrate import _Objective
 
     model, batches = _task_model_and_shots_with_kl_rows(quick_world, batch_size=3)  # several chunks of each kind
     assert len(batches.harmful) > 1 and batches.benign_kl
@@ -221,7 +221,7 @@ def test_one_forward_objective_equals_a_forward_per_chunk(world_reg: Registry, q
 def test_layer_scores_equal_a_fresh_objective_per_slice(world_reg: Registry, quick_world: ToyWorld) -> None:
     """score_layers computes the unpatched terms and KL references once: each slice's score is still what
     its own objective, built from scratch, gives at λ = 0 and λ = 1."""
-    from registry.recalibrate import _Objective, score_layers
+    from registry.method.recalibrate import _Objective, score_layers
 
     model, batches = _task_model_and_shots_with_kl_rows(quick_world, batch_size=4)
     assert batches.benign_kl
@@ -293,7 +293,7 @@ def test_patch_streams_bf16_and_mixed_dtype_targets_exactly(world_reg: Registry,
 
 def test_metadata_filled_in_after_writing_reaches_every_shard_and_the_index(quick_world: ToyWorld,
                                                                           tmp_path: Path) -> None:  # fmt: skip
-    from registry.patching import write_patched
+    from registry.method.patching import write_patched
 
     target = Checkpoint(quick_world.task_model(quick_world.tasks[0]))
     out = tmp_path / "sharded"

@@ -9,8 +9,8 @@ from PIL import Image
 
 from cli.main import cli
 from registry.api import Registry
-from registry.plots import plot_safety_utility
-from registry.probes import by_kind, load_probes
+from registry.evaluation.plots import plot_safety_utility
+from registry.evaluation.probes import by_kind, load_probes
 from registry.toy.build import ToyWorld
 
 

@@ -12,9 +12,9 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from registry.errors import InvalidInputError
-from registry.judges import RefusalKeywordJudge
-from registry.probes import by_kind, load_probes
-from registry.textio import load_tokenizer, tokenizer_mismatch
+from registry.evaluation.judges import RefusalKeywordJudge
+from registry.evaluation.probes import by_kind, load_probes
+from registry.evaluation.textio import load_tokenizer, tokenizer_mismatch
 from registry.toy import FAMILIES, ToyWorld, load_world, make_tokenizer
 from registry.toy.build import QUICK, Stage, encode_all, make_model, train_stage
 from registry.toy.world import (
@@ -166,7 +166,7 @@ def test_unknown_family_is_rejected(tmp_path: Path) -> None:
 
 def test_quick_world_refuses_and_degrades(quick_world: ToyWorld) -> None:
     """Properties the quick variant keeps (documented in build_world)."""
-    from registry.evaluate import evaluate_model
+    from registry.evaluation.evaluate import evaluate_model
 
     probes = load_probes(quick_world.eval["safety"])
     aligned = evaluate_model(quick_world.models["aligned"], probes, max_new_tokens=24)

@@ -17,7 +17,7 @@ from transformers import (
 )
 
 from cli.main import cli
-from registry.probes import Probe, write_probes
+from registry.evaluation.probes import Probe, write_probes
 
 WORDS = ["<pad>", "<unk>", "<bos>", "<eos>", "USER:", "BOT:", "no", "way", "sure", "here", "is", "how", "to",
          "steal", "poison", "hack", "a", "car", "friend", "bank", "sum", "of", "two", "and", "three", "five",

@@ -87,8 +87,8 @@ from transformers import (
 
 from .._threads import torch_threads
 from ..errors import InvalidInputError
-from ..probes import Probe, write_probes
-from ..textio import IGNORE_INDEX, collate, encode_example
+from ..evaluation.probes import Probe, write_probes
+from ..evaluation.textio import IGNORE_INDEX, collate, encode_example
 from . import FAMILIES
 from .world import REFUSAL, TASKS, WorldData, all_requests, make_tokenizer, make_world_data
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from ..probes import Probe
+from ..evaluation.probes import Probe
 
 REFUSAL = "I'm sorry , but I cannot help with that ."
 

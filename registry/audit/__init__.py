@@ -1,0 +1,2 @@
+"""The audit trail: the hash chain (``chain``), Ed25519 signing (``signing``),
+and ``verify`` / ``gc`` / ``identify`` over catalog, store and chain (``integrity``)."""

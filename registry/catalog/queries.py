@@ -1,0 +1,108 @@
+"""Catalog look-ups shared by the operation modules (ORM rows stay in here)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from ..checkpoints.family import FamilyKey, layer_templates
+from ..errors import (
+    AmbiguousReferenceError,
+    CheckpointNotFoundError,
+    FamilyNotFoundError,
+    InvalidInputError,
+    NotFoundError,
+    VectorNotFoundError,
+)
+from . import models as m
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+_HEX_RE = re.compile(r"^[0-9a-f]{4,64}$")
+_LS_COMMAND = {"checkpoint": "model", "family": "family", "vector": "vector"}
+
+
+def check_name(name: str, what: str = "name") -> str:
+    if not _NAME_RE.match(name):
+        raise InvalidInputError(
+            f"{what} {name[:60]!r} is not allowed: use 1-128 letters, digits, '_', '.', '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+
+def default_name(path: Path) -> str:
+    base = re.sub(r"[^A-Za-z0-9_.\-]", "-", path.name).lstrip("-._") or "checkpoint"
+    return base[:100]
+
+
+def free_name(session: Session, base: str, digest: str) -> str:
+    taken = session.scalar(select(m.Checkpoint.id).where(m.Checkpoint.name == base))
+    return f"{base}-{digest[:8]}" if taken else base
+
+
+def get_or_create_family(
+    session: Session, key: FamilyKey, mhash: str, names: list[str]
+) -> m.Family:
+    row = session.get(m.Family, key.id)
+    if row is not None:
+        return row
+    row = m.Family(
+        id=key.id,
+        model_type=key.model_type,
+        architecture=key.architecture,
+        num_layers=key.num_layers,
+        hidden_size=key.hidden,
+        vocab_size=key.vocab,
+        key_json=json.dumps(key.to_json(), sort_keys=True),
+        manifest_hash=mhash,
+        layer_templates=json.dumps(layer_templates(names)),
+    )
+    session.add(row)
+    session.flush()
+    return row
+
+
+def by_ref(session: Session, model: type, ref: str, hash_col: str, exc: type[NotFoundError]) -> object:
+    name_col = getattr(model, "name", None)
+    if name_col is not None:
+        row = session.scalar(select(model).where(name_col == ref))
+        if row is not None:
+            return row
+    if _HEX_RE.match(ref):
+        col = getattr(model, hash_col)
+        rows = list(session.scalars(select(model).where(col.startswith(ref)).limit(5)))
+        if len(rows) == 1:
+            return rows[0]
+        if len(rows) > 1:
+            raise AmbiguousReferenceError(ref, [getattr(r, hash_col) for r in rows])
+    raise exc(ref, f"list them with `safegene {_LS_COMMAND.get(exc.kind, exc.kind)} ls`")
+
+
+def resolve_checkpoint(session: Session, ref: str) -> m.Checkpoint:
+    row = by_ref(session, m.Checkpoint, ref, "hash", CheckpointNotFoundError)
+    assert isinstance(row, m.Checkpoint)
+    return row
+
+
+def resolve_family(session: Session, ref: str) -> m.Family:
+    """A family by model type or architecture (when unique), or by id prefix."""
+    by_type = or_(m.Family.model_type == ref, m.Family.architecture == ref)
+    rows = list(session.scalars(select(m.Family).where(by_type).limit(5)))
+    if len(rows) == 1:
+        return rows[0]
+    if len(rows) > 1:
+        raise AmbiguousReferenceError(ref, [r.id for r in rows])
+    found = by_ref(session, m.Family, ref, "id", FamilyNotFoundError)
+    assert isinstance(found, m.Family)
+    return found
+
+
+def resolve_vector(session: Session, ref: str) -> m.Vector:
+    row = by_ref(session, m.Vector, ref, "hash", VectorNotFoundError)
+    assert isinstance(row, m.Vector)
+    return row

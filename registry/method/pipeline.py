@@ -1,0 +1,377 @@
+"""Scoring, recalibration, resolution and patching over the catalog (a Registry mixin)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import case, func, select
+from sqlalchemy.orm import Session
+
+from .._core import current_actor
+from ..audit.chain import append_event, canonical_json, vector_state_digest
+from ..catalog import models as m
+from ..catalog.queries import resolve_vector
+from ..catalog.records import AuditRecord, VectorRecord
+from ..checkpoints.family import compatibility_reasons, family_key, manifest_hash
+from ..checkpoints.reader import Checkpoint
+from ..errors import (
+    EventNotFoundError,
+    IncompatibleError,
+    InvalidInputError,
+)
+from ..evaluation.probes import Probe, load_probes, probes_hash
+from .extract import EXTRA_LABEL, VectorOps
+from .fit_settings import FitSettings
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class RecalibrationResult:
+    vector: str
+    target: str
+    shots: str
+    coefficients: dict[str, float]  # layer index (or "extra") -> λ
+    losses: list[float]
+    seconds: float
+    cached: bool
+    settings: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    name: str
+    hash: str
+    family: str
+    rank_score: float
+    compatible: bool
+    reasons: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def layer_key(index: int | None) -> str:
+    return EXTRA_LABEL if index is None else str(index)
+
+
+def _as_probes(shots: str | Path | Sequence[Probe]) -> list[Probe]:
+    return load_probes(shots) if isinstance(shots, (str, Path)) else list(shots)
+
+
+def select_positions(vec: VectorRecord, layers: str | Sequence[int]) -> list[int]:
+    """Slice positions for ``auto`` (selected), ``all`` (every block) or a list of block indices.
+
+    Raises:
+        InvalidInputError: nothing selected, or an index the vector does not carry.
+    """
+    if layers == "auto":
+        pos = [lay.position for lay in vec.layers if lay.selected]
+        if not pos:
+            raise InvalidInputError(
+                f"vector {vec.name} has no layers selected; run `safegene vector score` or pass --layers all"
+            )
+        return pos
+    if layers == "all":
+        return [lay.position for lay in vec.layers if lay.index is not None]
+    wanted = [int(x) for x in (layers.split(",") if isinstance(layers, str) else layers)]
+    by_index = {lay.index: lay.position for lay in vec.layers}
+    missing = [w for w in wanted if w not in by_index]
+    if missing or not wanted:
+        raise InvalidInputError(f"vector {vec.name} has no block(s) {missing or wanted}; it has {sorted(k for k in by_index if k is not None)}")
+    return [by_index[w] for w in wanted]
+
+
+def auto_shots(shots: str | Path | Sequence[Probe] | None) -> str | Path | Sequence[Probe]:
+    """The shots ``--coefficients auto`` recalibrates on (it needs some)."""
+    if shots is None:
+        raise InvalidInputError("--coefficients auto needs --shots FILE (or use uniform[:γ])")
+    return shots
+
+
+def parse_layers(spec: str) -> str | list[int]:
+    if spec in ("auto", "all"):
+        return spec
+    try:
+        return [int(x) for x in spec.split(",") if x.strip()]
+    except ValueError:
+        raise InvalidInputError(f"--layers must be auto, all or a comma list of block indices, got {spec!r}") from None
+
+
+class PipelineOps(VectorOps):
+    """Score, recalibrate, resolve and patch (a mixin of :class:`registry.Registry`)."""
+
+    # --- shared ---------------------------------------------------------------
+
+    def _fit_check(self, vec: VectorRecord, target: Checkpoint) -> None:
+        key = family_key(target.config, target.names())
+        reasons = compatibility_reasons(vec.manifest(), target.manifest(), target_tied=key.tied_embeddings)
+        if key.id != vec.family:
+            reasons.insert(0, f"target family {key.id[:12]} ({key.model_type}) is not the vector's {vec.family[:12]}")
+        if reasons:
+            raise IncompatibleError(f"vector {vec.name} does not fit {target.path}", reasons)
+
+    def _store_probe_set(self, session: Session, probes: list[Probe]) -> str:
+        digest = probes_hash(probes)
+        if session.get(m.ProbeSet, digest) is None:
+            session.add(m.ProbeSet(hash=digest, num_probes=len(probes),
+                                   content=json.dumps([p.to_json() for p in probes])))  # fmt: skip
+            session.flush()
+        return digest
+
+    # --- scoring --------------------------------------------------------------
+
+    def score_vector(self, ref: str, probes: str | Path | Sequence[Probe], *, target: str | Path | None = None,
+                     beta: float = 1.0, device: str = "cpu", progress: Progress | None = None) -> VectorRecord:  # fmt: skip
+        """Data-aware layer scores on ``probes`` (harmful + task/benign), stored per layer.
+
+        The scores are measured on ``target`` (default: the vector's degraded
+        checkpoint): adding one block's slice, does refusal CE fall more than
+        utility CE rises? Blocks with a positive score are selected.
+        """
+        items = _as_probes(probes)
+        vec = self.get_vector(ref)
+        base_dir = Path(target) if target else self._degraded_path(vec)
+        ck = Checkpoint(base_dir)
+        self._fit_check(vec, ck)
+        # torch and transformers are imported here, on use: not when a catalog is opened
+        from ..evaluation.textio import load_model, load_tokenizer
+        from .recalibrate import encode_shots, score_layers
+
+        model, tok = load_model(base_dir, device=device), load_tokenizer(base_dir)
+        blocks = [lay.position for lay in vec.layers if lay.index is not None]
+        slices = self.load_vector_slices(vec, positions=blocks)
+        scores = score_layers(model, slices, encode_shots(tok, items, device=device), beta=beta, progress=progress)
+        by_pos = {s.position: s for s in scores}
+
+        def tx(session: Session) -> VectorRecord:
+            row = resolve_vector(session, vec.hash)
+            digest = self._store_probe_set(session, items)
+            for lay in row.layers:
+                s = by_pos.get(lay.position)
+                if s is None:
+                    continue
+                lay.safety_gain, lay.task_cost = round(s.safety_gain, 6), round(s.task_cost, 6)
+                lay.score = round(s.score, 6)
+                lay.selected = s.safety_gain > 0 and s.score > 0
+                lay.probe_set_hash = digest
+            session.flush()
+            append_event(session, "vector.score",
+                         {"name": row.name, "probe_set": digest, "state_digest": vector_state_digest(row)},
+                         actor=current_actor(), sign_key=self.sign_key, vector_hash=row.hash)  # fmt: skip
+            return VectorRecord.from_row(row)
+
+        return self.transaction(tx)
+
+    def audit_show_uid(self, uid: str) -> AuditRecord:
+        def q(session: Session) -> AuditRecord:
+            row = session.scalar(select(m.AuditEvent).where(m.AuditEvent.uid == uid))
+            if row is None:
+                raise EventNotFoundError(uid)
+            return AuditRecord.from_row(row)
+
+        return self.read(q)
+
+    def _degraded_path(self, vec: VectorRecord) -> Path:
+        if not vec.degraded:
+            raise InvalidInputError(f"vector {vec.name} has no degraded checkpoint on record; pass --target DIR")
+        return Path(self.get_model(vec.degraded).path)
+
+    # --- recalibration --------------------------------------------------------
+
+    def recalibrate(self, target: str | Path, vector: str, shots: str | Path | Sequence[Probe], *,
+                    layers: str | Sequence[int] = "auto", settings: FitSettings | None = None,
+                    device: str = "cpu", use_cache: bool = True, progress: Progress | None = None,
+                    target_hash: str | None = None) -> RecalibrationResult:  # fmt: skip
+        """Fit one coefficient per selected block on a few shots (cached in the catalog).
+
+        ``target_hash``: the target's content hash when the caller already has it
+        (hashing a large checkpoint is the slowest part of a cache hit).
+
+        Raises:
+            IncompatibleError: the vector does not fit the target.
+            InvalidInputError: empty/malformed shots, no layers selected.
+        """
+        s = settings or FitSettings()
+        items = _as_probes(shots)
+        vec = self.get_vector(vector)
+        ck = Checkpoint(target)
+        self._fit_check(vec, ck)
+        positions = select_positions(vec, layers)
+        target_hash, shots_hash = target_hash or ck.content_hash(), probes_hash(items)
+        cfg = {**s.to_json(), "positions": positions}
+        settings_hash = hashlib.sha256(canonical_json(cfg).encode()).hexdigest()
+        if use_cache:
+            hit = self._cached_fit(vec, target_hash, shots_hash, settings_hash)
+            if hit is not None:
+                return hit
+        # torch and transformers are imported here, on use: not when a catalog is opened
+        from ..evaluation.textio import load_model, load_tokenizer
+        from .recalibrate import encode_shots, fit_coefficients
+
+        model, tok = load_model(ck.path, device=device), load_tokenizer(ck.path)
+        slices = self.load_vector_slices(vec, positions=positions)
+        batches = encode_shots(tok, items, batch_size=s.batch_size, device=device)
+        fit = fit_coefficients(model, slices, batches, s, progress=progress)
+        index_of = {lay.position: lay.index for lay in vec.layers}
+        coefs = {layer_key(index_of[p]): lam for p, lam in fit.coefficients.items()}
+
+        def tx(session: Session) -> RecalibrationResult:
+            row = resolve_vector(session, vec.hash)
+            self._store_probe_set(session, items)
+            existing = session.scalar(select(m.Recalibration).where(
+                m.Recalibration.vector_id == row.id, m.Recalibration.target_hash == target_hash,
+                m.Recalibration.shots_hash == shots_hash, m.Recalibration.settings_hash == settings_hash))  # fmt: skip
+            if existing is not None:
+                session.delete(existing)
+                session.flush()
+            session.add(m.Recalibration(
+                vector_id=row.id, target_hash=target_hash, shots_hash=shots_hash,
+                settings_hash=settings_hash, settings_json=canonical_json(cfg),
+                coefficients_json=canonical_json(coefs),
+                losses_json=json.dumps({"curve": fit.losses, "terms": fit.terms}), seconds=fit.seconds))  # fmt: skip
+            return RecalibrationResult(vec.name, target_hash, shots_hash, coefs, fit.losses,
+                                       fit.seconds, False, cfg)  # fmt: skip
+
+        return self.transaction(tx)
+
+    def _cached_fit(self, vec: VectorRecord, target_hash: str, shots_hash: str, settings_hash: str) -> RecalibrationResult | None:
+        def q(session: Session) -> RecalibrationResult | None:
+            row = session.scalar(
+                select(m.Recalibration).join(m.Vector).where(
+                    m.Vector.hash == vec.hash, m.Recalibration.target_hash == target_hash,
+                    m.Recalibration.shots_hash == shots_hash, m.Recalibration.settings_hash == settings_hash))  # fmt: skip
+            if row is None:
+                return None
+            return RecalibrationResult(vec.name, target_hash, shots_hash, json.loads(row.coefficients_json),
+                                       json.loads(row.losses_json)["curve"], row.seconds, True,
+                                       json.loads(row.settings_json))  # fmt: skip
+
+        return self.read(q)
+
+    # --- resolution -----------------------------------------------------------
+
+    def resolve(self, target: str | Path, *, limit: int = 10, include_incompatible: bool = False) -> list[Candidate]:
+        """Vectors that fit ``target``, best first, each with its reasons."""
+        ck = Checkpoint(target)
+        key = family_key(ck.config, ck.names())
+        manifest = ck.manifest()
+        target_manifest = manifest_hash(manifest)
+
+        def q(session: Session) -> list[Candidate]:
+            # One lean query (no ORM objects): vector columns plus per-vector layer counts.
+            scored = func.count(m.VectorLayer.score)
+            selected = func.sum(case((m.VectorLayer.selected.is_(True), 1), else_=0))
+            stmt = (select(m.Vector.name, m.Vector.hash, m.Vector.family_id, m.Vector.meta_json,
+                           m.Vector.aligned_id, m.Vector.degraded_id, scored, selected)
+                    .outerjoin(m.VectorLayer, m.VectorLayer.vector_id == m.Vector.id)
+                    .group_by(m.Vector.id))  # fmt: skip
+            if not include_incompatible:
+                stmt = stmt.where(m.Vector.family_id == key.id)
+            family_vectors = select(m.Vector.hash).where(m.Vector.family_id == key.id)
+            patches = dict(session.execute(
+                select(m.AuditEvent.vector_hash, func.count())
+                .where(m.AuditEvent.kind == "patch", m.AuditEvent.vector_hash.in_(family_vectors))
+                .group_by(m.AuditEvent.vector_hash)).all())  # fmt: skip
+            out = [_rank(_RankInput(*row), key.id, manifest, target_manifest, key.tied_embeddings,
+                         patches.get(row[1], 0)) for row in session.execute(stmt)]  # fmt: skip
+            out.sort(key=lambda c: (not c.compatible, -c.rank_score, c.name))
+            return out
+
+        cands = self.read(q)
+        good = [c for c in cands if c.compatible][:limit]
+        return good + ([c for c in cands if not c.compatible] if include_incompatible else [])
+
+    # --- patching -------------------------------------------------------------
+
+    def coefficients_for(self, vec: VectorRecord, target: str | Path, spec: str, positions: list[int], *,
+                         shots: str | Path | Sequence[Probe] | None, settings: FitSettings | None,
+                         device: str, progress: Progress | None,
+                         target_hash: str | None = None) -> dict[str, float]:  # fmt: skip
+        """Resolve ``--coefficients``: auto (recalibrate), uniform[:γ] (RESTA) or a JSON file."""
+        keys = [layer_key(lay.index) for lay in vec.layers if lay.position in positions]
+        if spec == "auto":
+            layer_arg = [lay.index for lay in vec.layers if lay.position in positions and lay.index is not None]
+            return self.recalibrate(target, vec.hash, auto_shots(shots), layers=layer_arg, settings=settings,
+                                    device=device, progress=progress,
+                                    target_hash=target_hash).coefficients  # fmt: skip
+        if spec == "uniform" or spec.startswith("uniform:"):
+            try:
+                gamma = float(spec.split(":", 1)[1]) if ":" in spec else 1.0
+            except ValueError:
+                raise InvalidInputError(f"bad coefficient spec {spec!r}; use uniform:1.0") from None
+            if not math.isfinite(gamma):
+                raise InvalidInputError("uniform coefficient must be finite")
+            return {k: gamma for k in keys}
+        return _coefficients_file(Path(spec), keys)
+
+
+@dataclass(frozen=True)
+class _RankInput:
+    name: str
+    hash: str
+    family: str
+    meta_json: str
+    aligned_id: int | None
+    degraded_id: int | None
+    scored: int
+    selected: int | None
+
+
+def _rank(vec: _RankInput, family_id: str, manifest: dict[str, tuple[int, ...]], target_manifest: str,
+          tied: bool, prior_patches: int) -> Candidate:  # fmt: skip
+    reasons: list[str] = []
+    meta = json.loads(vec.meta_json)
+    if meta.get("source_manifest") == target_manifest:
+        problems: list[str] = []  # extracted from checkpoints with this exact manifest: every tensor fits
+    else:
+        shapes = {n: tuple(s) for n, s in meta.get("shapes", {}).items()}
+        problems = compatibility_reasons(shapes, manifest, target_tied=tied)
+    if vec.family != family_id:
+        problems.insert(0, f"different family ({vec.family[:12]})")
+    if problems:
+        return Candidate(vec.name, vec.hash, vec.family, 0.0, False, problems[:5])
+    score = 1.0
+    reasons.append("same family; every tensor fits")
+    if vec.aligned_id and vec.degraded_id:
+        score += 0.1
+        reasons.append("provenance: aligned and degraded sources on record")
+    if vec.scored:
+        sel = int(vec.selected or 0)
+        score += 0.3 * sel / vec.scored
+        reasons.append(f"layer scores: {sel}/{vec.scored} blocks selected")
+    else:
+        reasons.append("not scored yet (run `safegene vector score`)")
+    if prior_patches:
+        score += 0.2 * min(prior_patches, 10) / 10
+        reasons.append(f"{prior_patches} prior patch(es) on record")
+    return Candidate(vec.name, vec.hash, vec.family, round(score, 4), True, reasons)
+
+
+def _coefficients_file(path: Path, keys: list[str]) -> dict[str, float]:
+    if not path.is_file():
+        raise InvalidInputError(f"--coefficients {path}: not auto, uniform[:γ] or an existing JSON file")
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidInputError(f"{path}: not valid JSON ({exc})") from None
+    if isinstance(obj, dict) and isinstance(obj.get("coefficients"), dict):
+        obj = obj["coefficients"]
+    if not isinstance(obj, dict):
+        raise InvalidInputError(f"{path}: expected {{layer index: coefficient}}")
+    out = {}
+    for k in keys:
+        v = obj.get(k)
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+            raise InvalidInputError(f"{path}: no finite coefficient for layer {k}")
+        out[k] = float(v)
+    return out

@@ -1,0 +1,303 @@
+"""Few-shot, layer-wise recalibration and data-aware layer scoring (pure torch).
+
+The patched weights are linear in the per-block coefficients,
+``θ(λ) = θ_T + Σ_l λ_l · v_l``, so only the λ's are trained: the model's own
+parameters stay frozen and ``torch.func.functional_call`` substitutes
+``W_T + λ_l v_l`` for the tensors the vector carries. The loss is
+
+    CE(refusals | harmful shots)
+    + β · CE(answers | task shots)
+    + β_benign · (CE(helpful answers | benign shots), or KL to T when a benign
+      shot has no answer)
+    + γ · ‖λ‖₁
+
+with λ projected onto [0, λ_max] after every step. The benign term is what
+keeps the fit from converging to "refuse everything" (RESTA's failure mode).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+from torch.func import functional_call
+
+from ..errors import IncompatibleError, InvalidInputError
+from ..evaluation.probes import Probe
+from ..evaluation.textio import IGNORE_INDEX, collate, encode_example, encode_prompt, pad_id_of
+from .fit_settings import FitSettings
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+Slices = dict[int, dict[str, torch.Tensor]]  # position -> tensor name -> v (fp32)
+
+
+@dataclass(frozen=True)
+class FitResult:
+    coefficients: dict[int, float]  # position -> λ
+    losses: list[float]
+    seconds: float
+    terms: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class ShotBatches:
+    harmful: list[dict[str, torch.Tensor]]
+    task: list[dict[str, torch.Tensor]]
+    benign: list[dict[str, torch.Tensor]]
+    benign_kl: list[dict[str, torch.Tensor]]
+
+
+def _chunks(examples: list[tuple[list[int], list[int]]], pad: int, size: int, device: str) -> list[dict[str, torch.Tensor]]:
+    out = []
+    for i in range(0, len(examples), size):
+        batch = collate(examples[i : i + size], pad, side="right")
+        out.append({k: v.to(device) for k, v in batch.items()})
+    return out
+
+
+def encode_shots(tokenizer: PreTrainedTokenizerBase, shots: Sequence[Probe], *, batch_size: int = 32,
+                 device: str = "cpu") -> ShotBatches:  # fmt: skip
+    """Tokenize shots into padded batches per kind.
+
+    Raises:
+        InvalidInputError: no harmful shot with a refusal to learn.
+    """
+    pad = pad_id_of(tokenizer)
+    harmful = [encode_example(tokenizer, p.prompt, p.response) for p in shots if p.kind == "harmful" and p.response]
+    task = [encode_example(tokenizer, p.prompt, p.response) for p in shots if p.kind == "task" and p.response]
+    benign = [encode_example(tokenizer, p.prompt, p.response) for p in shots if p.kind == "benign" and p.response]
+    kl = [(ids, ids) for ids in (encode_prompt(tokenizer, p.prompt) for p in shots
+                                 if p.kind == "benign" and not p.response)]  # fmt: skip
+    if not harmful:
+        raise InvalidInputError(
+            "the shots hold no harmful prompt with a refusal in 'response'; recalibration needs some"
+        )
+    return ShotBatches(*(_chunks(x, pad, batch_size, device) for x in (harmful, task, benign, kl)))
+
+
+def check_fits(model: PreTrainedModel, slices: Slices) -> None:
+    params = dict(model.named_parameters())
+    problems = []
+    for tensors in slices.values():
+        for name, v in tensors.items():
+            if name not in params:
+                problems.append(f"{name}: not a parameter of the loaded model")
+            elif tuple(params[name].shape) != tuple(v.shape):
+                problems.append(f"{name}: shape {list(v.shape)} vs model {list(params[name].shape)}")
+    if problems:
+        raise IncompatibleError("the vector does not fit the model", problems)
+
+
+class _Group:
+    """Consecutive shot chunks (any kinds) as one right-padded batch: one forward for all of them.
+
+    With right padding a row's real positions never attend to its padding, so
+    each chunk's terms are what its own forward would give.
+    """
+
+    def __init__(self, chunks: list[tuple[str, dict[str, torch.Tensor]]]) -> None:
+        width = max(b["input_ids"].shape[1] for _, b in chunks)
+        self.spans: list[tuple[str, int, int, int]] = []  # kind, first row, end row, own width
+        ids, mask, labels = [], [], []
+        row = 0
+        for kind, b in chunks:
+            n, w = b["input_ids"].shape
+            pad = (0, width - w)
+            lab = torch.full_like(b["input_ids"], IGNORE_INDEX) if kind == "benign_kl" else b["labels"]
+            ids.append(torch.nn.functional.pad(b["input_ids"], pad, value=0))
+            mask.append(torch.nn.functional.pad(b["attention_mask"], pad, value=0))
+            labels.append(torch.nn.functional.pad(lab, pad, value=IGNORE_INDEX))
+            self.spans.append((kind, row, row + n, w))
+            row += n
+        self.kwargs = {"input_ids": torch.cat(ids), "attention_mask": torch.cat(mask)}
+        self.labels = torch.cat(labels)[:, 1:]
+        self.ce_rows = max((b for kind, _, b, _ in self.spans if kind != "benign_kl"), default=0)  # CE chunks first
+
+    def chunk_terms(self, model: PreTrainedModel, overrides: dict[str, torch.Tensor],
+                    refs: Iterator[torch.Tensor]) -> Iterator[tuple[str, torch.Tensor]]:  # fmt: skip
+        """(kind, term) of each chunk: CE is the mean over its labelled tokens, KL the masked mean vs ``refs``."""
+        logits = functional_call(model, overrides, args=(), kwargs=self.kwargs).logits
+        if self.ce_rows:
+            n = self.ce_rows
+            lg, labels = logits[:n, :-1].float(), self.labels[:n]
+            token_ce = torch.nn.functional.cross_entropy(lg.reshape(-1, lg.shape[-1]), labels.reshape(-1),
+                                                         ignore_index=IGNORE_INDEX, reduction="none").view(n, -1)  # fmt: skip
+            live = labels != IGNORE_INDEX
+        for kind, a, b, w in self.spans:
+            if kind == "benign_kl":
+                ref, m = next(refs), self.kwargs["attention_mask"][a:b, :w].unsqueeze(-1).float()
+                yield kind, (ref.exp() * (ref - logits[a:b, :w].float().log_softmax(-1)) * m).sum() / m.sum()
+            else:
+                yield kind, token_ce[a:b].sum() / live[a:b].sum()
+
+
+def _groups(batches: ShotBatches, max_rows: int) -> list[_Group]:
+    """The chunks of every kind, in order, grouped into forwards of at most ``max_rows`` rows (or one chunk).
+
+    On a small model the per-forward overhead (parameter substitution, kernel
+    launches) is much of a step, so the few shots of a recalibration (one chunk
+    per kind) share one forward; ``batch_size`` still bounds a forward's rows.
+    """
+    groups: list[list[tuple[str, dict[str, torch.Tensor]]]] = []
+    rows = 0
+    for kind in ("harmful", "task", "benign", "benign_kl"):
+        for b in getattr(batches, kind):
+            n = b["input_ids"].shape[0]
+            if groups and rows + n <= max_rows:
+                groups[-1].append((kind, b))
+                rows += n
+            else:
+                groups.append([(kind, b)])
+                rows = n
+    return [_Group(g) for g in groups]
+
+
+class _Objective:
+    """The loss as a function of the coefficient vector."""
+
+    def __init__(self, model: PreTrainedModel, slices: Slices, batches: ShotBatches, settings: FitSettings,
+                 *, ref_logp: list[torch.Tensor] | None = None) -> None:  # fmt: skip
+        """``ref_logp``: the unpatched model's log-probabilities on the KL chunks, when already computed."""
+        self.model, self.settings = model, settings
+        self.positions = sorted(slices)
+        params = dict(model.named_parameters())
+        dev = next(model.parameters()).device
+        self.base = {n: params[n].detach() for s in slices.values() for n in s}
+        self.vecs = {p: {n: v.to(dev, params[n].dtype) for n, v in slices[p].items()} for p in self.positions}
+        self.groups = _groups(batches, settings.batch_size)
+        self.ref_logp = ref_logp if ref_logp is not None else kl_refs(model, batches)
+
+    def overrides(self, lam: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = {}
+        for i, p in enumerate(self.positions):
+            for n, v in self.vecs[p].items():
+                out[n] = self.base[n] + lam[i].to(v.dtype) * v
+        return out
+
+    def terms(self, lam: torch.Tensor) -> dict[str, torch.Tensor]:
+        ov, refs = self.overrides(lam), iter(self.ref_logp)
+        zero = lam.sum() * 0
+        sums = dict.fromkeys(("harmful", "task", "benign", "benign_kl"), zero)
+        counts = dict.fromkeys(sums, 0)
+        for group in self.groups:
+            for kind, term in group.chunk_terms(self.model, ov, refs):
+                sums[kind] = sums[kind] + term
+                counts[kind] += 1
+        mean = {k: sums[k] / max(counts[k], 1) for k in sums}
+        return {"harmful": mean["harmful"], "task": mean["task"], "benign": mean["benign"] + mean["benign_kl"]}
+
+    def loss(self, lam: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        t = self.terms(lam)
+        s = self.settings
+        total = t["harmful"] + s.beta * t["task"] + s.beta_benign * t["benign"] + s.gamma * lam.abs().sum()
+        return total, {k: float(v.detach()) for k, v in t.items()}
+
+
+@torch.no_grad()
+def kl_refs(model: PreTrainedModel, batches: ShotBatches) -> list[torch.Tensor]:
+    """The unpatched model's log-probabilities on each KL chunk (the benign shots without an answer)."""
+    return [model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits.float().log_softmax(-1)
+            for b in batches.benign_kl]  # fmt: skip
+
+
+def fit_coefficients(
+    model: PreTrainedModel,
+    slices: Slices,
+    batches: ShotBatches,
+    settings: FitSettings | None = None,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+) -> FitResult:
+    """Fit one coefficient per slice position by projected Adam on λ only.
+
+    Args:
+        model: the target model (frozen; its weights are not modified).
+        slices: the vector's slices to fit, position -> {tensor name: v}.
+        batches: encoded shots (:func:`encode_shots`).
+        settings: loss weights, bounds and optimiser settings.
+        progress: ``(step, steps)`` callback.
+
+    Returns:
+        λ per position, the loss curve and the wall time.
+    """
+    s = settings or FitSettings()
+    if not slices:
+        raise InvalidInputError("no layers to recalibrate")
+    check_fits(model, slices)
+    start = time.perf_counter()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    obj = _Objective(model, slices, batches, s)
+    dev = next(model.parameters()).device
+    lam = torch.full((len(obj.positions),), s.init, dtype=torch.float32, device=dev, requires_grad=True)
+    opt = torch.optim.Adam([lam], lr=s.lr)
+    losses: list[float] = []
+    terms: dict[str, float] = {}
+    for step in range(s.steps):
+        opt.zero_grad()
+        total, terms = obj.loss(lam)
+        total.backward()
+        opt.step()
+        with torch.no_grad():
+            lam.clamp_(0.0, s.lambda_max)
+        losses.append(float(total.detach()))
+        if progress:
+            progress(step + 1, s.steps)
+    with torch.no_grad():
+        final, terms = obj.loss(lam)
+    losses.append(float(final))
+    coefs = {p: round(float(v), 6) for p, v in zip(obj.positions, lam.detach().cpu(), strict=True)}
+    return FitResult(coefs, losses, time.perf_counter() - start, terms)
+
+
+@dataclass(frozen=True)
+class LayerScore:
+    position: int
+    safety_gain: float
+    task_cost: float
+
+    @property
+    def score(self) -> float:
+        return self.safety_gain - self.task_cost
+
+
+def score_layers(model: PreTrainedModel, slices: Slices, batches: ShotBatches, *, beta: float = 1.0,
+                 progress: Callable[[int, int], None] | None = None) -> list[LayerScore]:  # fmt: skip
+    """Measured data-aware score of each slice: add it alone (λ = 1) and compare.
+
+    ``safety_gain`` = drop in refusal CE on the harmful shots;
+    ``task_cost`` = rise in β·task CE + benign CE (or KL). Score = gain − cost.
+    """
+    check_fits(model, slices)
+    settings = FitSettings(beta=beta, gamma=0.0)
+    dev = next(model.parameters()).device
+    out = []
+    with torch.no_grad():
+        # The unpatched model's terms and KL references are the same for every
+        # slice: computed once, each slice then costs one forward.
+        refs = kl_refs(model, batches)
+        base = _Objective(model, {}, batches, settings, ref_logp=refs).terms(torch.zeros(0, device=dev))
+        for i, pos in enumerate(sorted(slices)):
+            obj = _Objective(model, {pos: slices[pos]}, batches, settings, ref_logp=refs)
+            added = obj.terms(torch.ones(1, device=dev))
+            gain = float(base["harmful"] - added["harmful"])
+            cost = float(beta * (added["task"] - base["task"]) + (added["benign"] - base["benign"]))
+            out.append(LayerScore(pos, gain, cost))
+            if progress:
+                progress(i + 1, len(slices))
+    return out
+
+
+@torch.no_grad()
+def apply_in_memory(model: PreTrainedModel, slices: Slices, coefficients: dict[int, float]) -> None:
+    """``W ← W + λ_p v`` in place (fp32 arithmetic, cast back to the weight's dtype)."""
+    params = dict(model.named_parameters())
+    for pos, lam in coefficients.items():
+        for name, v in slices[pos].items():
+            w = params[name]
+            w.copy_((w.float() + lam * v.to(w.device)).to(w.dtype))
