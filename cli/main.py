@@ -13,7 +13,7 @@ from registry.errors import RegistryError
 
 from . import audit_cmds, catalog_cmds, exchange_cmds, pipeline_cmds, toy_cmds, vector_cmds  # noqa: F401 - exchange_cmds registers `vector export|import`
 from ._app import App
-from ._errors import exit_code_for, one_line
+from ._errors import boundary_error, exit_code_for, message_for
 from ._output import Output
 
 
@@ -24,7 +24,12 @@ class SafegeneGroup(click.Group):
         try:
             return super().invoke(ctx)
         except RegistryError as exc:
-            click.echo(f"error: {one_line(exc)}", err=True)
+            click.echo(f"error: {message_for(exc)}", err=True)
+            raise click.exceptions.Exit(exit_code_for(exc)) from None
+        except Exception as exc:
+            if not boundary_error(exc):
+                raise
+            click.echo(f"error: {message_for(exc)}", err=True)
             raise click.exceptions.Exit(exit_code_for(exc)) from None
         finally:
             app = ctx.find_object(App)

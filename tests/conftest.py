@@ -84,9 +84,27 @@ def _pg_available() -> str | None:
 @pytest.fixture(scope="session")
 def pg_server() -> str:
     reason = _pg_available()
+    if reason and os.environ.get("SAFEGENE_REQUIRE_POSTGRES") == "1":
+        pytest.fail(f"{reason}; SAFEGENE_REQUIRE_POSTGRES=1 (set by .ci/run) forbids skipping PostgreSQL tests")
     if reason:
         pytest.skip(reason)
     return PG_ADMIN_URL
+
+
+# Markers are applied from the fixtures a test uses, so none can be forgotten:
+# `pytest -m "not slow"` is the fast loop, `-m "not postgres"` runs without a server.
+_SLOW_FIXTURES = {"quick_world", "world_reg"}
+_PG_FIXTURES = {"pg_server", "pg_url"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        if names & _SLOW_FIXTURES:
+            item.add_marker(pytest.mark.slow)
+        callspec = getattr(item, "callspec", None)
+        if names & _PG_FIXTURES or (callspec is not None and callspec.params.get("db_url") == "postgres"):
+            item.add_marker(pytest.mark.postgres)
 
 
 def _create_pg_db(admin_url: str) -> tuple[str, str]:

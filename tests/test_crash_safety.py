@@ -23,7 +23,7 @@ from registry.api import Registry
 from registry.checkpoints.reader import Checkpoint
 
 SEED = int(os.environ.get("SAFEGENE_CRASH_SEED", "20261128"))
-KILLS_PER_COMMAND = 7  # model add has only 2 points: 2 + 3 × 7 = 23 kills per run
+KILLS_PER_COMMAND = 7  # a seeded sample per command; the `slow` variant kills at every point
 
 
 def _run(home: Path, args: list[str], kill_at: str, log: Path) -> subprocess.CompletedProcess[str]:
@@ -53,27 +53,41 @@ def _commands(tiny: dict[str, Path], out: Path) -> dict[str, list[str]]:
                            str(tiny["qwen2_bf16"]), "--name", "q"],
         "patch": ["patch", str(tiny["llama_b"]), "--vector", "v", "--out", str(out), "--coefficients",
                   "uniform:0.5", "--layers", "all"],
+        # over an existing model folder: the old or the new model under the name, never neither
+        "patch --force": ["patch", str(tiny["llama_b"]), "--vector", "v", "--out", str(out), "--coefficients",
+                          "uniform:0.5", "--layers", "all", "--force"],
         "gc": ["gc", "--grace", "0"],
     }
 
 
-@pytest.mark.parametrize("command", ["model add", "vector extract", "patch", "gc"])
-def test_sigkill_anywhere_leaves_a_consistent_registry(command: str, template: Path, tiny_models: dict[str, Path],
-                                                       tmp_path: Path) -> None:
+COMMANDS = ["model add", "vector extract", "patch", "patch --force", "gc"]
+
+
+@pytest.mark.parametrize("every", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["sample", "every-point"])
+@pytest.mark.parametrize("command", COMMANDS)
+def test_sigkill_anywhere_leaves_a_consistent_registry(command: str, every: bool, template: Path,
+                                                       tiny_models: dict[str, Path], tmp_path: Path) -> None:
     rng = random.Random(f"{SEED}-{command}")
+    old_model = tiny_models["llama"]
+    old_hash = Checkpoint(old_model).content_hash()
     counting = tmp_path / "count"
     shutil.copytree(template, counting)
     log = tmp_path / "count.log"
     out = tmp_path / "count-out"
+    if command == "patch --force":
+        shutil.copytree(old_model, out)
     res = _run(counting, _commands(tiny_models, out)[command], "count", log)
     assert res.returncode == 0, res.stderr
     points = log.read_text().splitlines()
     assert len(points) >= 2, points
-    reference = Checkpoint(out).content_hash() if command == "patch" else None
-    picks = sorted(rng.sample(range(1, len(points) + 1), min(KILLS_PER_COMMAND, len(points))))
+    reference = Checkpoint(out).content_hash() if command.startswith("patch") else None
+    everything = range(1, len(points) + 1)
+    picks = list(everything) if every else sorted(rng.sample(everything, min(KILLS_PER_COMMAND, len(points))))
     for k in picks:
         home, out = tmp_path / f"home-{k}", tmp_path / f"out-{k}"
         shutil.copytree(template, home)
+        if command == "patch --force":
+            shutil.copytree(old_model, out)
         args = _commands(tiny_models, out)[command]
         res = _run(home, args, str(k), tmp_path / f"kill-{k}.log")
         where = points[k - 1]
@@ -83,18 +97,21 @@ def test_sigkill_anywhere_leaves_a_consistent_registry(command: str, template: P
         assert rep.ok, f"{command} killed at {where}: {rep.problems}"
         # Nothing half-written under a final name: every blob re-hashed above; a patched
         # folder is either absent or complete.
-        if out.exists():
+        if command == "patch --force":
+            assert Checkpoint(out).content_hash() in (old_hash, reference), f"neither model after {where}"
+        elif out.exists():
             assert Checkpoint(out).content_hash() == reference, f"partial patch visible after {where}"
         reg.gc(temp_age_s=0)
         after = reg.verify()
         assert after.ok and after.removable == [], f"gc left {after.removable} after {where}"
-        assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name], f"partial folder left after {where}"
+        left = [p for p in tmp_path.iterdir() if ".partial-" in p.name or ".old-" in p.name]
+        assert not left, f"partial or replaced folder left after {where}"
         reg.close()
         rerun = CliRunner().invoke(cli, ["--home", str(home), *args], catch_exceptions=False)
         assert rerun.exit_code == 0, f"re-run after kill at {where}: {rerun.stderr}"
         final = Registry.open(home)
         assert final.verify().ok
-        if command == "patch":
+        if command.startswith("patch"):
             assert Checkpoint(out).content_hash() == reference
             assert final.identify(out).output == reference
         final.close()

@@ -67,13 +67,73 @@ def test_shard_index_cannot_escape_the_folder(tmp_path: Path, tiny_models: dict[
         Checkpoint(d)
 
 
-def test_symlinked_weights_are_not_followed_outside(tmp_path: Path, tiny_models: dict[str, Path]) -> None:
-    """A weights file that is a symlink is read like any file; its name still has to be plain."""
+def test_symlinked_weights_may_not_leave_the_folder(tmp_path: Path, tiny_models: dict[str, Path]) -> None:
+    """The rule: a weights file that links outside its folder is refused; a link inside it is read."""
     d = tmp_path / "m"
     d.mkdir()
     shutil.copy(tiny_models["llama"] / "config.json", d / "config.json")
     (d / "model.safetensors").symlink_to(tiny_models["llama"] / "model.safetensors")
+    with pytest.raises(InvalidCheckpointError, match="outside the checkpoint folder"):
+        Checkpoint(d)
+    (d / "model.safetensors").unlink()
+    (d / "weights").mkdir()
+    shutil.copy(tiny_models["llama"] / "model.safetensors", d / "weights" / "real")
+    (d / "model.safetensors").symlink_to(Path("weights") / "real")
     assert Checkpoint(d).content_hash() == Checkpoint(tiny_models["llama"]).content_hash()
+
+
+def test_folder_named_like_weights_is_one_line(tmp_path: Path, tiny_models: dict[str, Path]) -> None:
+    d = tmp_path / "m"
+    d.mkdir()
+    shutil.copy(tiny_models["llama"] / "config.json", d / "config.json")
+    (d / "model.safetensors").mkdir()
+    with pytest.raises(InvalidCheckpointError, match="not a regular file"):
+        Checkpoint(d)
+    res = CliRunner().invoke(cli, ["--home", str(tmp_path / "h"), "model", "add", str(d)])
+    assert res.exit_code == 5 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    (d / "model.safetensors").rmdir()
+    shutil.copy(tiny_models["llama"] / "model.safetensors", d / "model.safetensors")
+    (d / "config.json").unlink()
+    (d / "config.json").mkdir()
+    res = CliRunner().invoke(cli, ["--home", str(tmp_path / "h"), "model", "add", str(d)])
+    assert res.exit_code == 5 and "not a regular file" in res.stderr, res.stderr
+
+
+def _deep(depth: int) -> bytes:
+    return b'{"a":' + b"[" * depth + b"]" * depth + b"}"
+
+
+def test_deeply_nested_header_is_one_line(tmp_path: Path, tiny_models: dict[str, Path]) -> None:
+    d = tmp_path / "m"
+    d.mkdir()
+    shutil.copy(tiny_models["llama"] / "config.json", d / "config.json")
+    _file(d, None, raw_header=_deep(200_000))
+    with pytest.raises(InvalidCheckpointError, match="nested too deeply"):
+        read_header(d / "model.safetensors")
+    res = CliRunner().invoke(cli, ["--home", str(tmp_path / "h"), "model", "add", str(d)])
+    assert res.exit_code == 5 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    (d / "model.safetensors").unlink()
+    shutil.copy(tiny_models["llama"] / "model.safetensors", d / "model.safetensors")
+    (d / "config.json").write_bytes(_deep(200_000))
+    res = CliRunner().invoke(cli, ["--home", str(tmp_path / "h"), "model", "add", str(d)])
+    assert res.exit_code == 5 and "nested too deeply" in res.stderr, res.stderr
+
+
+def test_unreachable_database_is_one_line(tmp_path: Path) -> None:
+    # port 1 on loopback: nothing listens there, the connection is refused at once
+    res = CliRunner().invoke(cli, ["--home", str(tmp_path / "h"), "--db", "postgresql+psycopg://postgres@127.0.0.1:1/x",
+                                   "vector", "ls"])
+    assert res.exit_code == 9, res.output
+    assert len(res.stderr.strip().splitlines()) == 1 and "SAFEGENE_DB_URL" in res.stderr, res.stderr
+    assert "Traceback" not in res.output
+
+
+def test_home_under_a_regular_file_is_one_line(tmp_path: Path) -> None:
+    f = tmp_path / "file"
+    f.write_text("x")
+    res = CliRunner().invoke(cli, ["--home", str(f / "home"), "init"])
+    assert res.exit_code == 12, res.output
+    assert len(res.stderr.strip().splitlines()) == 1 and str(f) in res.stderr, res.stderr
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -85,7 +145,7 @@ def test_fuzz_mutated_safetensors(tmp_path_factory: pytest.TempPathFactory, tiny
     blob = bytearray(original)
     n = int.from_bytes(original[:8], "little")
     for _ in range(data.draw(st.integers(1, 4))):
-        op = data.draw(st.sampled_from(["flip_header", "flip_any", "truncate", "set_len"]))
+        op = data.draw(st.sampled_from(["flip_header", "flip_any", "truncate", "set_len", "nest"]))
         if len(blob) < 8:
             break
         if op == "flip_header":
@@ -96,6 +156,9 @@ def test_fuzz_mutated_safetensors(tmp_path_factory: pytest.TempPathFactory, tiny
             blob[pos] ^= 1 << data.draw(st.integers(0, 7))
         elif op == "truncate":
             del blob[data.draw(st.integers(0, len(blob) - 1)):]
+        elif op == "nest":  # a header that is valid JSON nested far past Python's recursion limit
+            head = _deep(data.draw(st.integers(1, 300_000)))
+            blob = bytearray(len(head).to_bytes(8, "little") + head + bytes(blob[8 + n:]))
         else:
             blob[:8] = data.draw(st.integers(0, 2**64 - 1)).to_bytes(8, "little")
     d = tmp_path_factory.mktemp("fuzz")

@@ -102,9 +102,20 @@ def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
 
 
+# PostgreSQL: serialization_failure, deadlock_detected, lock_not_available.
+_RETRY_SQLSTATES = frozenset({"40001", "40P01", "55P03"})
+# SQLite primary result codes: SQLITE_BUSY, SQLITE_LOCKED (extended codes keep them in the low byte).
+_RETRY_SQLITE_CODES = frozenset({5, 6})
+
+
 def _retryable(exc: Exception) -> bool:
-    msg = str(exc).lower()
-    return "database is locked" in msg or "deadlock" in msg or "could not serialize" in msg
+    """A lost race or a lock timeout, told by the driver's error code (never by message text)."""
+    orig = getattr(exc, "orig", exc)
+    sqlstate = getattr(orig, "sqlstate", None)
+    if sqlstate is not None:
+        return sqlstate in _RETRY_SQLSTATES
+    code = getattr(orig, "sqlite_errorcode", None)
+    return code is not None and (code & 0xFF) in _RETRY_SQLITE_CODES
 
 
 def run_in_transaction(

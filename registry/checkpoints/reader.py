@@ -10,26 +10,23 @@ shape, bytes) in name order, so re-sharding keeps it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
-import threading
 from collections.abc import Iterator
-from concurrent.futures import CancelledError
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidCheckpointError
+from .hashing import ContentHasher, pread_exact  # noqa: F401 - re-exported for the slice builder and patcher
 
 if TYPE_CHECKING:
     import torch
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 MAX_JSON_BYTES = 16 * 1024 * 1024
-_HASH_CHUNK = 16 << 20
 
 DTYPE_SIZES = {
     "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
@@ -119,6 +116,8 @@ def parse_header(raw: bytes, p: Path, *, data_start: int, data_len: int) -> tupl
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise InvalidCheckpointError(p, "header is not UTF-8 JSON; the file is not safetensors") from None
+    except RecursionError:
+        raise InvalidCheckpointError(p, "header JSON is nested too deeply; the file is not safetensors") from None
     if not isinstance(header, dict):
         raise InvalidCheckpointError(p, "header is not a JSON object")
     meta = header.pop("__metadata__", None) or {}
@@ -195,14 +194,18 @@ def _check_no_overlap(p: Path, tensors: dict[str, TensorInfo]) -> None:
 
 
 def read_json(path: Path, what: str) -> dict[str, Any]:
-    if not path.is_file():
+    if not path.exists():
         raise InvalidCheckpointError(path.parent, f"no {path.name} ({what})")
+    if not path.is_file():
+        raise InvalidCheckpointError(path, f"is not a regular file ({what} expected)")
     if path.stat().st_size > MAX_JSON_BYTES:
         raise InvalidCheckpointError(path, "file is too large to be a config")
     try:
         obj = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidCheckpointError(path, f"not valid JSON ({exc})") from None
+    except RecursionError:
+        raise InvalidCheckpointError(path, "JSON is nested too deeply to be a config") from None
     if not isinstance(obj, dict):
         raise InvalidCheckpointError(path, "expected a JSON object")
     return obj
@@ -239,10 +242,13 @@ class Checkpoint:
             for f in files:
                 if not isinstance(f, str) or not _SHARD_RE.match(f):
                     raise InvalidCheckpointError(index, f"shard name {str(f)[:60]!r} is not a plain file name")
-                if not (self.path / f).is_file():
+                if not (self.path / f).exists():
                     raise InvalidCheckpointError(index, f"lists shard {f}, which is missing")
+                self._check_weight_file(self.path / f)
             return files
         files = sorted(f.name for f in self.path.glob("*.safetensors") if _SHARD_RE.match(f.name))
+        for f in files:
+            self._check_weight_file(self.path / f)
         if files:
             return files
         if any(self.path.glob("*.bin")) or any(self.path.glob("*.pt")) or any(self.path.glob("*.pth")):
@@ -253,6 +259,16 @@ class Checkpoint:
                 "in a trusted environment)",
             )
         raise InvalidCheckpointError(self.path, "no *.safetensors files")
+
+    def _check_weight_file(self, f: Path) -> None:
+        """A weights file is a regular file inside the folder; a link may not leave it."""
+        if f.is_symlink() and not f.resolve().is_relative_to(self.path):
+            raise InvalidCheckpointError(
+                f, "is a link to a file outside the checkpoint folder; copy the weights into the "
+                "folder (e.g. `huggingface-cli download --local-dir`) instead of linking them"
+            )
+        if not f.is_file():
+            raise InvalidCheckpointError(f, "is not a regular file (a folder with a weights file's name?)")
 
     # --- reading -----------------------------------------------------------
 
@@ -307,112 +323,3 @@ class Checkpoint:
 
     def total_bytes(self) -> int:
         return sum(t.nbytes for t in self.tensors.values())
-
-
-class ContentHasher:
-    """:meth:`Checkpoint.content_hash`, computed while a caller reads the tensors anyway.
-
-    The caller visits tensors in name order: :meth:`begin` a tensor, then
-    :meth:`update` with exactly its bytes, in order. Tensors it skips are read
-    and hashed here, as is everything after the last one, by :meth:`hexdigest`.
-    One read of the data serves both the caller and the identity.
-    """
-
-    def __init__(self, ckpt: Checkpoint) -> None:
-        self.ckpt = ckpt
-        self._h = hashlib.sha256(b"safegene-checkpoint-v1\n")
-        self._names = ckpt.names()
-        self._next = 0
-        self._owed = 0  # bytes of the current tensor still to come through update()
-        self._fds: dict[str, int] = {}
-        self._buf: memoryview | None = None
-
-    def begin(self, name: str) -> None:
-        self._skip_to(name)
-        self._describe(name)
-        self._owed = self.ckpt.tensors[name].nbytes
-
-    def hash_before(self, name: str) -> None:
-        """Hash (reading them here) the tensors before ``name`` not yet hashed: what
-        :meth:`begin` would do first, done ahead, e.g. in another thread."""
-        self._skip_to(name)
-
-    def hash_from_file(self, name: str) -> None:
-        """Hash tensor ``name`` (and any skipped before it) by reading it here."""
-        self._skip_to(name)
-        self._from_file(name)
-
-    def _skip_to(self, name: str) -> None:
-        self._settle()
-        while self._next < len(self._names) and self._names[self._next] != name:
-            self._from_file(self._names[self._next])
-        if self._next == len(self._names):
-            raise ValueError(f"{name} is not a later tensor of {self.ckpt.path}: tensors must come in name order")
-
-    def update(self, data: bytes | bytearray | memoryview) -> None:
-        n = memoryview(data).nbytes
-        if n > self._owed:
-            raise ValueError("more bytes than the current tensor holds")
-        self._h.update(data)
-        self._owed -= n
-
-    def hexdigest(self, stop: threading.Event | None = None) -> str:
-        """The content hash (``stop``: set from another thread to give up between tensors)."""
-        self._settle()
-        try:
-            while self._next < len(self._names):
-                if stop is not None and stop.is_set():
-                    raise CancelledError(f"hashing {self.ckpt.path} was stopped")
-                self._from_file(self._names[self._next])
-        finally:
-            self.close()
-        return self._h.hexdigest()
-
-    def close(self) -> None:
-        """Close the files opened for skipped tensors (:meth:`hexdigest` does it too)."""
-        for fd in self._fds.values():
-            os.close(fd)
-        self._fds.clear()
-
-    def _settle(self) -> None:
-        if self._owed:
-            raise ValueError(f"{self._owed} bytes of the current tensor were never hashed")
-
-    def _describe(self, name: str) -> None:
-        info = self.ckpt.tensors[name]
-        self._h.update(f"{name}\0{info.dtype}\0{list(info.shape)}\0{info.nbytes}\n".encode())
-        self._next += 1
-
-    def _from_file(self, name: str) -> None:
-        info = self.ckpt.tensors[name]
-        self._describe(name)
-        fd = self._fds.get(info.file)
-        if fd is None:
-            fd = self._fds[info.file] = os.open(self.ckpt.path / info.file, os.O_RDONLY)
-        if self._buf is None:
-            self._buf = memoryview(bytearray(_HASH_CHUNK))
-        _hash_range(self._h, fd, info.start, info.nbytes, self._buf)
-
-
-def pread_exact(fd: int, buf: bytearray, n: int, at: int, ck: Checkpoint, name: str) -> memoryview:
-    """Read exactly ``n`` bytes at ``at`` into ``buf``; a file that ends early is an invalid checkpoint."""
-    view, pos = memoryview(buf)[:n], 0
-    while pos < n:
-        got = os.preadv(fd, [view[pos:]], at + pos)
-        if got <= 0:
-            raise InvalidCheckpointError(ck.path, f"file ends inside {name}")
-        pos += got
-    return view
-
-
-def _hash_range(h: Any, fd: int, start: int, length: int, buf: memoryview | None = None) -> None:
-    # One reusable buffer (preadv into it, hash a view of it): no allocation per chunk.
-    view = buf if buf is not None else memoryview(bytearray(min(_HASH_CHUNK, max(length, 1))))
-    pos, remaining = start, length
-    while remaining:
-        n = os.preadv(fd, [view[: min(len(view), remaining)]], pos)
-        if n <= 0:
-            raise InvalidCheckpointError(f"fd {fd}", "file shrank while it was being hashed")
-        h.update(view[:n])
-        pos += n
-        remaining -= n

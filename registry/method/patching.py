@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 from .._faults import crashpoint
 from .._threads import torch_threads
-from ..checkpoints.reader import DTYPE_SIZES, Checkpoint, ContentHasher, pread_exact, torch_dtype
+from ..checkpoints.hashing import ContentHasher, pread_exact
+from ..checkpoints.reader import DTYPE_SIZES, Checkpoint, torch_dtype
 from ..errors import InvalidInputError
 from ..store.atomic import is_model_folder, prepare_output, publish
 from ..store.blobs import fsync_path
@@ -78,7 +79,8 @@ def write_patched(
         The final folder.
     """
     lookup = deltas.get if isinstance(deltas, dict) else deltas
-    tmp, lease = prepare_output(out, force=force, lease_dir=lease_dir)
+    tmp, lease = prepare_output(out, force=force, lease_dir=lease_dir, replaceable=is_model_folder,
+                                what="model folder")
     try:
         _copy_side_files(target.path, tmp)
         shards, digest = _write_shards(target, lookup, tmp, {"format": "pt", **metadata}, shard_bytes, progress)

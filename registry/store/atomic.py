@@ -15,8 +15,10 @@ and published by :func:`publish`:
   one created by another process after the command started;
 * with ``force`` the old folder must look like what is being replaced (a model
   or an adapter folder: ``replaceable``); it is renamed aside first, the new
-  folder renamed in, and the old one removed last, so a crash at any point
-  leaves the old or the new folder under the final name, never neither.
+  folder and the old one swap names in one step (``RENAME_EXCHANGE``; where
+  that is missing, the old is renamed aside, the new renamed in), and the old
+  one is removed last, so a crash at any point leaves the old or the new
+  folder under the final name (gc removes the other, which a lease names).
 
 A *lease* file in the store's ``tmp/`` names the temp folder, so that ``gc``
 can remove a dead writer's leftovers. Leases name their host: only the owning
@@ -43,6 +45,7 @@ LEASE_PREFIX = "patch-lease."
 PARTIAL_MARK = ".partial-"
 OLD_MARK = ".old-"
 _RENAME_NOREPLACE = 1
+_RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
 
 
@@ -50,7 +53,9 @@ def _token() -> str:
     return f"{host_token()}.{os.getpid()}.{secrets.token_hex(4)}"
 
 
-def prepare_output(out: Path, *, force: bool, lease_dir: Path | None = None) -> tuple[Path, Path | None]:
+def prepare_output(out: Path, *, force: bool, lease_dir: Path | None = None,
+                   replaceable: Callable[[Path], bool] | None = None,
+                   what: str = "folder") -> tuple[Path, Path | None]:  # fmt: skip
     """Check the destination and create a unique temp folder beside it.
 
     Args:
@@ -58,6 +63,10 @@ def prepare_output(out: Path, *, force: bool, lease_dir: Path | None = None) -> 
         force: an existing destination may be replaced at publish time.
         lease_dir: where to leave a lease naming the temp folder, so that
             ``gc`` can remove it if this process dies before publishing.
+        replaceable: with ``force``, refuse at once an existing ``out`` that is
+            neither empty nor what this says may be replaced (checked again at
+            :func:`publish`).
+        what: what is being written, for messages.
 
     Returns:
         The temp folder and the lease file (None without ``lease_dir``).
@@ -70,6 +79,8 @@ def prepare_output(out: Path, *, force: bool, lease_dir: Path | None = None) -> 
         raise AlreadyExistsError(f"{out} already exists; choose another --out or pass --force")
     if out.exists() and (out.is_symlink() or not out.is_dir()):
         raise InvalidInputError(f"{out} exists and is not a folder; choose another --out")
+    if out.exists() and replaceable is not None and not (replaceable(out) or _is_empty(out)):
+        raise AlreadyExistsError(_not_replaceable(out, what))
     out.parent.mkdir(parents=True, exist_ok=True)
     token = _token()
     tmp = out.parent.resolve() / f".{out.name}{PARTIAL_MARK}{token}"
@@ -111,22 +122,49 @@ def _libc_renameat2() -> Callable[..., int] | None:
 _RENAMEAT2 = _libc_renameat2()
 
 
+def _renameat2(src: Path, dst: Path, flags: int) -> bool:
+    """Linux ``renameat2``; False where the kernel or file system lacks it (then the caller falls back)."""
+    if _RENAMEAT2 is None:
+        return False
+    if _RENAMEAT2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), flags) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err == errno.EEXIST:
+        raise FileExistsError(errno.EEXIST, "destination exists", str(dst))
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), str(dst))
+
+
 def rename_noreplace(src: Path, dst: Path) -> None:
     """Rename ``src`` to ``dst``; fail with FileExistsError when ``dst`` exists (never replace)."""
-    if _RENAMEAT2 is not None:
-        rc = _RENAMEAT2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE)
-        if rc == 0:
-            return
-        err = ctypes.get_errno()
-        if err == errno.EEXIST:
-            raise FileExistsError(errno.EEXIST, "destination exists", str(dst))
-        if err not in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
-            raise OSError(err, os.strerror(err), str(dst))
+    if _renameat2(src, dst, _RENAME_NOREPLACE):
+        return
     # No renameat2 here: a check then a rename (a directory rename still refuses a
     # non-empty destination, so at worst an empty folder created in between is replaced).
     if dst.exists() or dst.is_symlink():
         raise FileExistsError(errno.EEXIST, "destination exists", str(dst))
     os.rename(src, dst)
+
+
+def _swap(tmp: Path, out: Path) -> Path:
+    """Put ``tmp`` under the name ``out``; returns where the old ``out`` now lies.
+
+    With ``RENAME_EXCHANGE`` both names swap in one atomic step. Without it the
+    old folder is renamed aside first and put back if the second rename fails; a
+    crash between the two leaves it beside, under a name ``gc`` recognises.
+    """
+    if _renameat2(tmp, out, _RENAME_EXCHANGE):
+        return tmp
+    aside = out.parent / f".{out.name}{OLD_MARK}{_token()}"
+    os.rename(out, aside)
+    crashpoint("publish.moved-aside")
+    try:
+        rename_noreplace(tmp, out)
+    except BaseException:
+        os.rename(aside, out)  # put the old folder back: the final name is never left empty
+        raise
+    return aside
 
 
 def publish(tmp: Path, out: Path, *, force: bool, replaceable: Callable[[Path], bool],
@@ -155,21 +193,15 @@ def publish(tmp: Path, out: Path, *, force: bool, replaceable: Callable[[Path], 
                 "choose another --out or pass --force"
             ) from None
     if out.is_symlink() or not out.is_dir() or not (replaceable(out) or _is_empty(out)):
-        raise AlreadyExistsError(
-            f"{out} exists and is not a {what}; --force only replaces a {what}: remove it yourself "
-            "or choose another --out"
-        )
-    aside = out.parent / f".{out.name}{OLD_MARK}{_token()}"
-    os.rename(out, aside)
-    crashpoint("publish.moved-aside")
-    try:
-        rename_noreplace(tmp, out)
-    except BaseException:
-        os.rename(aside, out)  # put the old folder back: the final name is never left empty
-        raise
+        raise AlreadyExistsError(_not_replaceable(out, what))
+    old = _swap(tmp, out)
     fsync_path(out.parent)
     crashpoint("publish.swapped")
-    shutil.rmtree(aside, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _is_empty(path: Path) -> bool:
+    return next(path.iterdir(), None) is None
 
 
 def is_model_folder(path: Path) -> bool:
@@ -184,5 +216,5 @@ def is_adapter_folder(path: Path) -> bool:
     return (path / "adapter_config.json").is_file() and (path / "adapter_model.safetensors").is_file()
 
 
-def _is_empty(path: Path) -> bool:
-    return next(path.iterdir(), None) is None
+def _not_replaceable(out: Path, what: str) -> str:
+    return f"{out} exists and is not a {what}; --force only replaces a {what}: remove it yourself or choose another --out"
