@@ -22,6 +22,7 @@ from .._faults import crashpoint
 from .._threads import torch_threads
 from ..checkpoints.hashing import ContentHasher, pread_exact
 from ..checkpoints.reader import DTYPE_SIZES, Checkpoint, torch_dtype
+from ..checkpoints.writer import header_bytes, rewrite_metadata
 from ..errors import InvalidInputError
 from ..store.atomic import is_model_folder, prepare_output, publish
 from ..store.blobs import fsync_path
@@ -87,7 +88,7 @@ def write_patched(
         if fill is not None:
             final = fill()
             for fname, _ in shards:
-                _fill_metadata(tmp / fname, metadata, final)
+                rewrite_metadata(tmp / fname, final)
             metadata = {**metadata, **final}
         if len(shards) > 1:
             weight_map = {name: fname for fname, names in shards for name in names}
@@ -177,7 +178,8 @@ class _ShardWriter:
     def write(self, path: Path, order: list[str], metadata: dict[str, str]) -> None:
         try:
             with open(path, "wb") as fh:
-                fh.write(_shard_header(self.target, order, metadata))
+                fh.write(header_bytes(((n, self.target.tensors[n].dtype, self.target.tensors[n].shape,
+                                        self.target.tensors[n].nbytes) for n in order), metadata))
                 for n in order:
                     if self.hasher is not None:
                         self.hasher.begin(n)
@@ -263,31 +265,3 @@ class _ShardWriter:
         w = self.target.get_tensor(n)
         w = (w.to(torch.float32) + lam * v).to(w.dtype).contiguous()
         return w.reshape(-1).view(torch.uint8).numpy().data
-
-
-def _shard_header(target: Checkpoint, order: list[str], metadata: dict[str, str]) -> bytes:
-    entries: dict[str, object] = {"__metadata__": metadata}
-    off = 0
-    for n in order:
-        info = target.tensors[n]
-        entries[n] = {"dtype": info.dtype, "shape": list(info.shape), "data_offsets": [off, off + info.nbytes]}
-        off += info.nbytes
-    head = json.dumps(entries, separators=(",", ":")).encode()
-    head += b" " * (-len(head) % 8)
-    return len(head).to_bytes(8, "little") + head
-
-
-def _fill_metadata(shard: Path, written: dict[str, str], final: dict[str, str]) -> None:
-    """Overwrite placeholder metadata values in a shard's header, in place (same lengths)."""
-    with open(shard, "r+b") as fh:
-        size = int.from_bytes(fh.read(8), "little")
-        head = bytearray(fh.read(size))
-        for key, value in final.items():
-            old = (json.dumps(key) + ":" + json.dumps(written[key])).encode()
-            new = (json.dumps(key) + ":" + json.dumps(value)).encode()
-            if len(new) != len(old) or head.count(old) != 1:
-                raise ValueError(f"metadata {key} cannot be filled in place")
-            at = head.index(old)
-            head[at : at + len(old)] = new
-        fh.seek(8)
-        fh.write(head)
