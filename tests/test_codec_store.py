@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -270,6 +273,32 @@ def test_the_exponent_plane_is_an_ordinary_sized_zstd_frame_with_huffman_literal
     assert zstandard.get_frame_parameters(new[1]).content_size == len(plane) == (len(payload) - skip) // 4
     assert plane == zstandard.ZstdDecompressor().decompress(old[1])
     assert bytes(codec.decode(stored)) == payload == bytes(codec.decode(fallback))
+
+
+_SWITCH = """
+import sys, torch
+from safetensors.torch import save
+from registry.store import _zstd_literals, codec
+g = torch.Generator().manual_seed(5)
+payload = save({"d": torch.randn(300_000, generator=g) * 1e-3})
+skip = 8 + int.from_bytes(payload[:8], "little")
+_, stored = codec.encode(payload, skip=skip, width=4)
+assert bytes(codec.decode(stored)) == payload
+sys.stdout.buffer.write(bytes([_zstd_literals.AVAILABLE]) + bytes(stored))
+"""
+
+
+def test_the_literals_switch_selects_the_fallback_and_either_reads_the_other() -> None:
+    """SAFEGENE_ZSTD_LITERALS=0 turns the C-API path off (the fallback); blobs written either way
+    decode in a process of the other kind."""
+    runs = {}
+    for flag in ("1", "0"):
+        env = {**os.environ, "SAFEGENE_ZSTD_LITERALS": flag}
+        out = subprocess.run([sys.executable, "-c", _SWITCH], env=env, capture_output=True, check=True).stdout
+        runs[flag] = (bool(out[0]), out[1:])
+    assert runs["1"][0] is True and runs["0"][0] is False
+    assert runs["1"][1] != runs["0"][1]  # the exponent plane's frame differs
+    assert bytes(codec.decode(runs["0"][1])) == bytes(codec.decode(runs["1"][1]))
 
 
 def test_the_literals_compressor_holds_to_its_pledged_size() -> None:

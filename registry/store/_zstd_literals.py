@@ -14,13 +14,15 @@ codec's regular settings and 3.7 % smaller (benchmarks/RESULTS.md).
 
 The frames are ordinary zstd frames (any zstd decoder reads them) that state
 their content size. Without cffi (it is a declared dependency, but a broken
-install may lack it, and old zstandard releases lack the parameter) :data:`AVAILABLE`
+install may lack it, and old zstandard releases lack the parameter), or with
+``SAFEGENE_ZSTD_LITERALS=0`` (the switch for this experimental API), :data:`AVAILABLE`
 is False and callers use the C backend.
 cffi releases the GIL around each C call, so planes still compress side by side.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import zstandard
@@ -31,7 +33,10 @@ except ImportError:  # pragma: no cover - cffi missing; the codec falls back to 
     ffi = lib = None
 
 # Older zstandard releases may bundle a zstd whose cffi declarations lack the parameter.
-AVAILABLE = lib is not None and hasattr(lib, "ZSTD_c_literalCompressionMode") and hasattr(lib, "ZSTD_ps_enable")
+SUPPORTED = lib is not None and hasattr(lib, "ZSTD_c_literalCompressionMode") and hasattr(lib, "ZSTD_ps_enable")
+# The switch: SAFEGENE_ZSTD_LITERALS=0 sends every plane through the C backend (the
+# fallback; blobs stay readable either way: both write ordinary zstd frames).
+AVAILABLE = SUPPORTED and os.environ.get("SAFEGENE_ZSTD_LITERALS", "1") != "0"
 
 
 def exponent_params(threads: int = 0) -> dict[int, int]:
