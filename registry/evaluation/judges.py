@@ -142,7 +142,9 @@ class RefusalKeywordJudge(Judge):
 
     def describe(self) -> str:
         case = "" if self.case_sensitive else ",ci"
-        return f"keyword(gcg{case})"
+        default = DEFAULT_REFUSAL_KEYWORDS if self.case_sensitive else tuple(k.lower() for k in DEFAULT_REFUSAL_KEYWORDS)
+        words = "gcg" if self.keywords == default else f"{len(self.keywords)} keywords"
+        return f"keyword({words}{case})"
 
 
 class ClassifierJudge(Judge):

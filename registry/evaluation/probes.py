@@ -2,7 +2,8 @@
 
 ``kind`` is ``harmful`` (``response`` = the refusal to learn, optional),
 ``benign`` (``response`` = a helpful answer, optional) or ``task``
-(``response`` = the gold answer, required).
+(``response`` = the gold answer, required; an optional ``scorer`` names how an
+answer is judged correct, see :mod:`registry.evaluation.scorers`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InvalidInputError
+from .scorers import get_scorer
 
 KINDS = ("harmful", "benign", "task")
 _MAX_FILE_BYTES = 64 * 1024 * 1024
@@ -24,11 +26,14 @@ class Probe:
     prompt: str
     kind: str
     response: str | None = None
+    scorer: str | None = None  # task lines: how an answer is scored (None: the evaluation's default)
 
     def to_json(self) -> dict[str, str]:
         out = {"prompt": self.prompt, "kind": self.kind}
         if self.response is not None:
             out["response"] = self.response
+        if self.scorer is not None:
+            out["scorer"] = self.scorer
         return out
 
 
@@ -49,7 +54,15 @@ def _parse_line(path: Path, lineno: int, line: str) -> Probe:
         raise InvalidInputError(f"{where}: 'response' must be a string when given")
     if kind == "task" and not response:
         raise InvalidInputError(f"{where}: a 'task' line needs its gold answer in 'response'")
-    return Probe(prompt=prompt, kind=kind, response=response)
+    scorer = obj.get("scorer")
+    if scorer is not None:
+        if kind != "task" or not isinstance(scorer, str):
+            raise InvalidInputError(f"{where}: 'scorer' is a string, and only task lines take one")
+        try:
+            get_scorer(scorer)
+        except InvalidInputError as exc:
+            raise InvalidInputError(f"{where}: {exc}") from None
+    return Probe(prompt=prompt, kind=kind, response=response, scorer=scorer)
 
 
 def load_probes(path: str | Path) -> list[Probe]:
