@@ -86,9 +86,9 @@ def test_batch_refusals_and_length_check() -> None:
 
 
 def test_get_judge_specs(tmp_path: Path) -> None:
-    assert set(JUDGES) == {"keyword", "classifier"}
+    assert set(JUDGES) == {"keyword", "classifier", "bow"}
     assert isinstance(get_judge("keyword"), RefusalKeywordJudge)
-    for bad in ("nope", "keyword:x", "classifier", "classifier:"):
+    for bad in ("nope", "keyword:x", "classifier", "classifier:", "bow", "bow:"):
         with pytest.raises(InvalidInputError):
             get_judge(bad)
     with pytest.raises(InvalidCheckpointError):

@@ -10,6 +10,8 @@ implementations, and one explicit table, :data:`JUDGES`, read by
   Models Compromises Safety", keyword evaluation).
 * ``classifier:PATH`` — :class:`ClassifierJudge`: a local Hugging Face
   sequence-classification checkpoint (safetensors only).
+* ``bow:PATH`` — :class:`registry.evaluation.bow_judge.BowJudge`: logistic
+  regression on word features, trained on a world's training split only.
 
 A response that does not refuse is not necessarily harmful *compliance*: an
 empty or degenerate response also "does not refuse". :func:`is_degenerate`
@@ -250,10 +252,19 @@ def _classifier(arg: str | None) -> Judge:
     return ClassifierJudge(arg)
 
 
+def _bow(arg: str | None) -> Judge:
+    if not arg:
+        raise InvalidInputError("the bow judge needs a path: 'bow:PATH' (a file from train_bow_judge)")
+    from .bow_judge import BowJudge
+
+    return BowJudge(arg)
+
+
 # The explicit list of judges: spec name -> factory taking the text after ':'.
 JUDGES: dict[str, Callable[[str | None], Judge]] = {
     "keyword": _keyword,
     "classifier": _classifier,
+    "bow": _bow,
 }
 
 
@@ -261,7 +272,7 @@ def get_judge(spec: str) -> Judge:
     """Build a judge from a spec string.
 
     Args:
-        spec: ``"keyword"`` or ``"classifier:PATH"``.
+        spec: ``"keyword"``, ``"classifier:PATH"`` or ``"bow:PATH"``.
 
     Returns:
         The judge.
@@ -273,5 +284,5 @@ def get_judge(spec: str) -> Judge:
     name, sep, arg = spec.partition(":")
     factory = JUDGES.get(name.strip())
     if factory is None:
-        raise InvalidInputError(f"unknown judge {spec!r}; choose one of: keyword, classifier:PATH")
+        raise InvalidInputError(f"unknown judge {spec[:80]!r}; choose one of: keyword, classifier:PATH, bow:PATH")
     return factory(arg if sep else None)
