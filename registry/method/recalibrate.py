@@ -120,20 +120,50 @@ class _Group:
 
     def chunk_terms(self, model: PreTrainedModel, overrides: dict[str, torch.Tensor],
                     refs: Iterator[torch.Tensor]) -> Iterator[tuple[str, torch.Tensor]]:  # fmt: skip
-        """(kind, term) of each chunk: CE is the mean over its labelled tokens, KL the masked mean vs ``refs``."""
-        logits = functional_call(model, overrides, args=(), kwargs=self.kwargs).logits
+        """(kind, term) of each chunk: CE is the mean over its labelled tokens, KL the masked mean vs ``refs``.
+
+        The output head runs only where a term needs it (labelled tokens, the KL
+        rows' real tokens): on a real vocabulary the head and its softmax over
+        every position cost as much as several transformer blocks.
+        """
+        logits_at = _head_at(model, overrides, self.kwargs)
         if self.ce_rows:
             n = self.ce_rows
-            lg, labels = logits[:n, :-1].float(), self.labels[:n]
-            token_ce = torch.nn.functional.cross_entropy(lg.reshape(-1, lg.shape[-1]), labels.reshape(-1),
-                                                         ignore_index=IGNORE_INDEX, reduction="none").view(n, -1)  # fmt: skip
+            labels = self.labels[:n]
             live = labels != IGNORE_INDEX
+            lg = logits_at(slice(0, n), slice(0, -1), live).float()
+            token_ce = torch.zeros(live.shape, dtype=lg.dtype, device=lg.device)
+            token_ce[live] = torch.nn.functional.cross_entropy(lg, labels[live], reduction="none")
         for kind, a, b, w in self.spans:
             if kind == "benign_kl":
-                ref, m = next(refs), self.kwargs["attention_mask"][a:b, :w].unsqueeze(-1).float()
-                yield kind, (ref.exp() * (ref - logits[a:b, :w].float().log_softmax(-1)) * m).sum() / m.sum()
+                m = self.kwargs["attention_mask"][a:b, :w].bool()
+                ref = next(refs)[m]
+                logp = logits_at(slice(a, b), slice(0, w), m).float().log_softmax(-1)
+                yield kind, (ref.exp() * (ref - logp)).sum() / m.sum()
             else:
                 yield kind, token_ce[a:b].sum() / live[a:b].sum()
+
+
+# Models whose logits are exactly ``output_embeddings(last_hidden_state)`` (no scaling,
+# no soft-capping): for these the head can run on selected positions only.
+_PLAIN_HEAD = frozenset({"llama", "mistral", "qwen2", "qwen3", "gpt2", "gpt_neox", "phi3", "olmo2"})
+LogitsAt = Callable[[slice, slice, torch.Tensor], torch.Tensor]
+
+
+def _head_at(model: PreTrainedModel, overrides: dict[str, torch.Tensor], kwargs: dict[str, torch.Tensor]) -> LogitsAt:
+    """One forward; returns ``logits_at(rows, cols, mask)``: logits at the masked positions of that window."""
+    prefix = f"{getattr(model, 'base_model_prefix', '')}."
+    head = model.get_output_embeddings()
+    plain = (getattr(model.config, "model_type", None) in _PLAIN_HEAD and head is not None
+             and getattr(head, "bias", None) is None and prefix != "."
+             and all(k.startswith(prefix) for k in overrides))  # fmt: skip
+    if not plain:  # the whole logits, as the model computes them
+        logits = functional_call(model, overrides, args=(), kwargs=kwargs).logits
+        return lambda rows, cols, mask: logits[rows, cols][mask]
+    inner = {k[len(prefix):]: v for k, v in overrides.items()}
+    base = getattr(model, prefix[:-1])
+    hidden = functional_call(base, inner, args=(), kwargs=kwargs).last_hidden_state
+    return lambda rows, cols, mask: head(hidden[rows, cols][mask])
 
 
 def _groups(batches: ShotBatches, max_rows: int) -> list[_Group]:
