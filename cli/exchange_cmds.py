@@ -34,16 +34,11 @@ def vector_export(app: App, name: str, out: Path, fmt: str, target: Path | None,
                   rank: int | None, energy: float, skip_unsupported: bool, sign_key: Path | None,
                   force: bool) -> None:  # fmt: skip
     """Write vector NAME to OUT as a bundle file or a PEFT LoRA adapter folder."""
-    from registry.exchange.bundle import (
-        export_bundle,  # these import torch: not at the CLI's start-up
-    )
-    from registry.exchange.peft import export_peft
-
     reg = app.registry()
     if fmt == "bundle":
         if target or base or rank or skip_unsupported:
             raise InvalidInputError("--target, --base, --rank and --skip-unsupported apply to --format peft only")
-        info = export_bundle(reg, name, out, sign_key=sign_key, force=force)
+        info = reg.export_bundle(name, out, sign_key=sign_key, force=force)
         app.out.emit(info.to_json(), lambda: app.out.console.print(
             f"wrote bundle {info.path} ({human_bytes(info.size)}): {info.vector} ({short(info.hash)}), "
             f"{len(info.layers)} layers, manifest {short(info.manifest_hash)}"
@@ -51,8 +46,8 @@ def vector_export(app: App, name: str, out: Path, fmt: str, target: Path | None,
         return
     if sign_key:
         raise InvalidInputError("--sign-key applies to --format bundle only")
-    res = export_peft(reg, name, out, target=target, base=base, rank=rank, energy=energy,
-                      skip_unsupported=skip_unsupported, force=force)  # fmt: skip
+    res = reg.export_peft(name, out, target=target, base=base, rank=rank, energy=energy,
+                          skip_unsupported=skip_unsupported, force=force)  # fmt: skip
 
     def human() -> None:
         app.out.console.print(f"wrote LoRA adapter {res.path}: {res.vector} ({short(res.hash)}), r={res.r}, "
@@ -74,21 +69,16 @@ def vector_export(app: App, name: str, out: Path, fmt: str, target: Path | None,
 @pass_app
 def vector_import(app: App, path: Path, name: str | None, base: Path | None, verify_key: Path | None) -> None:
     """Register a vector from a bundle file or a PEFT LoRA adapter folder (verified first)."""
-    from registry.exchange.bundle import (
-        import_bundle,  # these import torch: not at the CLI's start-up
-    )
-    from registry.exchange.peft import import_peft
-
     reg = app.registry()
     if path.is_dir():
         if not name or base is None or verify_key:
             raise InvalidInputError("importing a PEFT adapter folder needs --name NAME and --base DIR "
                                     "(--verify-key applies to bundles)")  # fmt: skip
-        rec = import_peft(reg, path, name=name, base=base)
+        rec = reg.import_peft(path, name=name, base=base)
     else:
         if base is not None:
             raise InvalidInputError("--base applies to PEFT adapter folders only")
-        rec = import_bundle(reg, path, name=name, verify_key=verify_key)
+        rec = reg.import_bundle(path, name=name, verify_key=verify_key)
     app.out.emit(vector_json(rec), lambda: app.out.console.print(
         f"imported {rec.name} ({short(rec.hash)}) from {rec.meta.get('source')}: {len(rec.layers)} slices, "
         f"{len(rec.selected_layers)} selected"))  # fmt: skip

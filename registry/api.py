@@ -1,4 +1,4 @@
-"""The public registry handle: every operation over one catalog and store.
+"""The public registry handle: a façade over the services that share one catalog and store.
 
 Example:
     >>> from registry import Registry
@@ -9,21 +9,274 @@ Example:
 
 from __future__ import annotations
 
-from ._core import ROLES, InitResult, current_actor, default_home
-from .audit.integrity import AuditOps
-from .method.extract import VectorOps
-from .method.patcher import PatchOps
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Self, TypeVar
+
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
+
+from .audit.chain import ChainReport
+from .audit.integrity import GcReport, Identification, Integrity, VerifyReport
+from .audit.log import AuditLog
+from .audit.signing import load_key
+from .catalog.records import AuditRecord, CheckpointRecord, FamilyRecord, LayerRecord, VectorRecord
+from .catalog.service import ROLES, Catalog, current_actor
+from .evaluation.probes import Probe
+from .exchange.bundle_format import DEFAULT_MAX_BYTES, BundleInfo
+from .exchange.peft import PeftExport
+from .exchange.service import Exchange
+from .method.fit_settings import FitSettings
+from .method.patcher import Patcher, PatchResult
+from .method.pipeline import RecalibrationResult, Recalibrator
+from .method.resolve import Candidate, Resolver
+from .method.vectors import BlobRow, Vectors
+from .store.blobs import BlobStore
+from .store.codec import Scratch
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["ROLES", "InitResult", "Registry", "current_actor", "default_home"]
 
+T = TypeVar("T")
+Progress = Callable[[int, int], None]
+Shots = str | Path | Sequence[Probe]
 
-class Registry(AuditOps, PatchOps, VectorOps):
-    """A catalog (SQL) and a blob store (directory) under one home.
+
+def default_home() -> Path:
+    """``$SAFEGENE_HOME``, else ``~/.safegene``."""
+    return Path(os.environ.get("SAFEGENE_HOME") or Path.home() / ".safegene").expanduser()
+
+
+@dataclass(frozen=True)
+class InitResult:
+    home: str
+    db_url: str
+    revision_before: str | None
+    revision: str | None
+
+
+class Registry:
+    """A catalog (SQL) and a blob store (directory) under one home, and the services over them.
 
     Args:
         home: registry home; default ``$SAFEGENE_HOME`` or ``~/.safegene``.
         db_url: catalog URL; default ``$SAFEGENE_DB_URL`` or a SQLite file in home.
+        sign_key: PEM Ed25519 private key; every audit event appended through
+            this handle is signed with it.
 
     Use :meth:`open` rather than the constructor: it creates an empty catalog
     on first use and refuses an outdated one.
+
+    Each service is built with what it needs and can be used alone; the methods
+    below are one-line delegations to them:
+
+    * ``catalog`` (:class:`~registry.catalog.service.Catalog`): sessions and
+      transactions, checkpoints, families.
+    * ``store`` (:class:`~registry.store.blobs.BlobStore`): content-addressed blobs.
+    * ``audit`` (:class:`~registry.audit.log.AuditLog`): the hash-chained events
+      (append, list, show, verify, head), signed with ``sign_key``.
+    * ``vectors`` (:class:`~registry.method.vectors.Vectors`): extraction,
+      registration, listing, slice loading and removal of vectors.
+    * ``recalibrator`` (:class:`~registry.method.pipeline.Recalibrator`): layer
+      scores, cached coefficient fits, the fit check.
+    * ``resolver`` (:class:`~registry.method.resolve.Resolver`): which vectors fit a target.
+    * ``patcher`` (:class:`~registry.method.patcher.Patcher`): patched models and their events.
+    * ``exchange`` (:class:`~registry.exchange.service.Exchange`): bundles and PEFT adapters.
+    * ``integrity`` (:class:`~registry.audit.integrity.Integrity`): verify, gc, identify.
     """
+
+    def __init__(self, home: str | Path | None = None, db_url: str | None = None, *,
+                 sign_key: str | Path | None = None) -> None:  # fmt: skip
+        self.home = Path(home).expanduser() if home else default_home()
+        self.db_url = db_url or os.environ.get("SAFEGENE_DB_URL") or (
+            f"sqlite:///{(self.home / 'catalog.db').resolve()}"
+        )
+        self.catalog = Catalog(self.db_url)
+        self.store = BlobStore(self.home / "store")
+        self.audit = AuditLog(self.catalog, load_key(Path(sign_key), private=True) if sign_key else None)
+        self.vectors = Vectors(self.catalog, self.store, self.audit)
+        self.recalibrator = Recalibrator(self.catalog, self.vectors, self.audit)
+        self.resolver = Resolver(self.catalog)
+        self.patcher = Patcher(self.catalog, self.vectors, self.recalibrator, self.audit)
+        self.exchange = Exchange(self.catalog, self.vectors, self.recalibrator)
+        self.integrity = Integrity(self.catalog, self.store, self.audit)
+
+    @classmethod
+    def open(cls, home: str | Path | None = None, db_url: str | None = None, *, create: bool = True,
+             sign_key: str | Path | None = None) -> Self:  # fmt: skip
+        """Open a registry, creating home and an empty catalog when ``create``.
+
+        Raises:
+            SchemaOutdatedError: the catalog needs `safegene db upgrade` (never upgraded implicitly).
+        """
+        reg = cls(home, db_url, sign_key=sign_key)
+        if create:
+            reg.home.mkdir(parents=True, exist_ok=True)
+            reg.store.ensure()
+        reg.catalog.ensure_schema(create=create)
+        return reg
+
+    def close(self) -> None:
+        self.catalog.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def init(self) -> InitResult:
+        """Create home, store and catalog, and run migrations (idempotent)."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.store.ensure()
+        before, after = self.catalog.upgrade()
+        return InitResult(str(self.home), self.catalog.safe_url, before, after)
+
+    # --- catalog ------------------------------------------------------------------
+
+    @property
+    def engine(self) -> Engine:
+        return self.catalog.engine
+
+    @property
+    def safe_url(self) -> str:
+        return self.catalog.safe_url
+
+    def transaction(self, fn: Callable[[Session], T]) -> T:
+        return self.catalog.transaction(fn)
+
+    def read(self, fn: Callable[[Session], T]) -> T:
+        return self.catalog.read(fn)
+
+    def add_model(self, path: str | Path, *, name: str | None = None, role: str = "task", parent: str | None = None,
+                  progress: Callable[[str], None] | None = None) -> CheckpointRecord:  # fmt: skip
+        return self.catalog.add_model(path, name=name, role=role, parent=parent, progress=progress)
+
+    def get_model(self, ref: str) -> CheckpointRecord:
+        return self.catalog.get_model(ref)
+
+    def list_models(self, *, family: str | None = None, role: str | None = None) -> list[CheckpointRecord]:
+        return self.catalog.list_models(family=family, role=role)
+
+    def list_families(self) -> list[FamilyRecord]:
+        return self.catalog.list_families()
+
+    def get_family(self, ref: str) -> FamilyRecord:
+        return self.catalog.get_family(ref)
+
+    # --- vectors ------------------------------------------------------------------
+
+    def extract_vector(self, aligned: str | Path, degraded: str | Path, *, name: str, scope: str = "blocks",
+                       encoding: str = "fp32", progress: Progress | None = None) -> VectorRecord:  # fmt: skip
+        return self.vectors.extract(aligned, degraded, name=name, scope=scope, encoding=encoding, progress=progress)
+
+    def get_vector(self, ref: str) -> VectorRecord:
+        return self.vectors.get(ref)
+
+    def list_vectors(self, *, family: str | None = None, limit: int | None = None) -> list[VectorRecord]:
+        return self.vectors.list_vectors(family=family, limit=limit)
+
+    def count_vectors(self) -> int:
+        return self.vectors.count()
+
+    def remove_vector(self, ref: str) -> VectorRecord:
+        return self.vectors.remove(ref)
+
+    def load_vector_slices(self, vec: VectorRecord, *,
+                           positions: list[int] | None = None) -> dict[int, dict[str, torch.Tensor]]:  # fmt: skip
+        return self.vectors.load_slices(vec, positions=positions)
+
+    def load_slice(self, vec: VectorRecord, lay: LayerRecord, *, scratch: Scratch | None = None,
+                   row: BlobRow | None = None, verified: dict[str, str] | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
+        return self.vectors.load_slice(vec, lay, scratch=scratch, row=row, verified=verified)
+
+    def blob_rows(self, shas: list[str]) -> dict[str, BlobRow]:
+        return self.vectors.blob_rows(shas)
+
+    def record_verified_blobs(self, verified: dict[str, str]) -> None:
+        self.vectors.record_verified_blobs(verified)
+
+    # --- scoring, recalibration, resolution, patching ---------------------------------
+
+    def score_vector(self, ref: str, probes: Shots, *, target: str | Path | None = None, beta: float = 1.0,
+                     device: str = "cpu", progress: Progress | None = None) -> VectorRecord:  # fmt: skip
+        return self.recalibrator.score(ref, probes, target=target, beta=beta, device=device, progress=progress)
+
+    def recalibrate(self, target: str | Path, vector: str, shots: Shots, *, layers: str | Sequence[int] = "auto",
+                    settings: FitSettings | None = None, device: str = "cpu", use_cache: bool = True,
+                    progress: Progress | None = None, target_hash: str | None = None) -> RecalibrationResult:  # fmt: skip
+        return self.recalibrator.recalibrate(target, vector, shots, layers=layers, settings=settings, device=device,
+                                             use_cache=use_cache, progress=progress, target_hash=target_hash)  # fmt: skip
+
+    def coefficients_for(self, vec: VectorRecord, target: str | Path, spec: str, positions: list[int], *,
+                         shots: Shots | None, settings: FitSettings | None, device: str,
+                         progress: Progress | None, target_hash: str | None = None) -> dict[str, float]:  # fmt: skip
+        return self.recalibrator.coefficients_for(vec, target, spec, positions, shots=shots, settings=settings,
+                                                  device=device, progress=progress, target_hash=target_hash)  # fmt: skip
+
+    def resolve(self, target: str | Path, *, limit: int = 10, include_incompatible: bool = False) -> list[Candidate]:
+        return self.resolver.resolve(target, limit=limit, include_incompatible=include_incompatible)
+
+    def patch(self, target: str | Path, vector: str, out: str | Path, *, coefficients: str = "auto",
+              layers: str | Sequence[int] = "auto", shots: Shots | None = None, settings: FitSettings | None = None,
+              force: bool = False, device: str = "cpu", progress: Progress | None = None) -> PatchResult:  # fmt: skip
+        return self.patcher.patch(target, vector, out, coefficients=coefficients, layers=layers, shots=shots,
+                                  settings=settings, force=force, device=device, progress=progress)  # fmt: skip
+
+    # --- exchange -------------------------------------------------------------------
+
+    def export_bundle(self, ref: str, out: str | Path, *, sign_key: str | Path | None = None,
+                      force: bool = False) -> BundleInfo:  # fmt: skip
+        return self.exchange.export_bundle(ref, out, sign_key=sign_key, force=force)
+
+    def import_bundle(self, path: str | Path, *, name: str | None = None, verify_key: str | Path | None = None,
+                      max_bytes: int = DEFAULT_MAX_BYTES) -> VectorRecord:  # fmt: skip
+        return self.exchange.import_bundle(path, name=name, verify_key=verify_key, max_bytes=max_bytes)
+
+    def verify_bundle(self, path: str | Path, *, verify_key: str | Path | None = None,
+                      max_bytes: int = DEFAULT_MAX_BYTES) -> BundleInfo:  # fmt: skip
+        return self.exchange.verify_bundle(path, verify_key=verify_key, max_bytes=max_bytes)
+
+    def export_peft(self, ref: str, out: str | Path, *, target: str | Path | None = None,
+                    base: str | Path | None = None, rank: int | None = None, energy: float = 0.99,
+                    coefficients: Mapping[str, float] | None = None, skip_unsupported: bool = False,
+                    force: bool = False) -> PeftExport:  # fmt: skip
+        return self.exchange.export_peft(ref, out, target=target, base=base, rank=rank, energy=energy,
+                                         coefficients=coefficients, skip_unsupported=skip_unsupported,
+                                         force=force)  # fmt: skip
+
+    def import_peft(self, path: str | Path, *, name: str, base: str | Path) -> VectorRecord:
+        return self.exchange.import_peft(path, name=name, base=base)
+
+    # --- audit and integrity -----------------------------------------------------------
+
+    def audit_log(self, *, model: str | None = None, vector: str | None = None, family: str | None = None,
+                  kind: str | None = None, actor: str | None = None, since: str | None = None,
+                  limit: int | None = None) -> list[AuditRecord]:  # fmt: skip
+        return self.audit.events(model=model, vector=vector, family=family, kind=kind, actor=actor, since=since,
+                                 limit=limit)  # fmt: skip
+
+    def audit_show(self, ref: str) -> AuditRecord:
+        return self.audit.show(ref)
+
+    def audit_show_uid(self, uid: str) -> AuditRecord:
+        return self.audit.show_uid(uid)
+
+    def audit_verify(self, *, verify_key: str | Path | None = None) -> ChainReport:
+        return self.audit.verify(verify_key=verify_key)
+
+    def audit_head(self) -> dict[str, Any]:
+        return self.audit.head()
+
+    def identify(self, path: str | Path) -> Identification:
+        return self.integrity.identify(path)
+
+    def verify(self, *, deep: bool = True, verify_key: str | Path | None = None) -> VerifyReport:
+        return self.integrity.verify(deep=deep, verify_key=verify_key)
+
+    def gc(self, *, dry_run: bool = False, temp_age_s: float = 3600.0) -> GcReport:
+        return self.integrity.gc(dry_run=dry_run, temp_age_s=temp_age_s)

@@ -24,7 +24,7 @@ from registry.errors import (
     RegistryError,
 )
 from registry.evaluation.probes import by_kind, load_probes
-from registry.exchange.bundle import MAGIC, export_bundle, import_bundle, verify_bundle
+from registry.exchange.bundle_format import MAGIC, verify_bundle
 from registry.toy.build import ToyWorld
 
 TABLES = (m.Family, m.Checkpoint, m.Blob, m.Vector, m.VectorLayer, m.ProbeSet, m.AuditEvent)
@@ -54,9 +54,9 @@ def bundles(src: Registry, tmp_path_factory: pytest.TempPathFactory) -> dict[str
     root = tmp_path_factory.mktemp("bundles")
     priv, pub = _keys(root, "alice")
     other_priv, other_pub = _keys(root, "mallory")
-    export_bundle(src, "safety", root / "plain.sgb")
-    export_bundle(src, "safety", root / "signed.sgb", sign_key=priv)
-    export_bundle(src, "safety", root / "other.sgb", sign_key=other_priv)
+    src.export_bundle("safety", root / "plain.sgb")
+    src.export_bundle("safety", root / "signed.sgb", sign_key=priv)
+    src.export_bundle("safety", root / "other.sgb", sign_key=other_priv)
     return {"plain": root / "plain.sgb", "signed": root / "signed.sgb", "other": root / "other.sgb",
             "pub": pub, "other_pub": other_pub}  # fmt: skip
 
@@ -112,7 +112,7 @@ def test_format_is_pinned(bundles: dict[str, Path], src: Registry) -> None:
 
 
 def _round_trip(src: Registry, bundle: Path, dst: Registry, pub: Path) -> None:
-    rec = import_bundle(dst, bundle, verify_key=pub)
+    rec = dst.import_bundle(bundle, verify_key=pub)
     ref = src.get_vector("safety")
     assert rec.hash == ref.hash and rec.family == ref.family and rec.meta["source"] == "bundle"
     for a, b in zip(rec.layers, ref.layers, strict=True):
@@ -126,7 +126,7 @@ def _round_trip(src: Registry, bundle: Path, dst: Registry, pub: Path) -> None:
     assert payload["source"] == "bundle" and payload["state_digest"] and payload["aligned"] == ref.aligned
     assert dst.verify().ok, dst.verify().problems
     before = _counts(dst)
-    again = import_bundle(dst, bundle)  # idempotent: nothing new
+    again = dst.import_bundle(bundle)  # idempotent: nothing new
     assert again.hash == rec.hash and _counts(dst) == before
 
 
@@ -143,7 +143,7 @@ def test_round_trip_sqlite_to_sqlite(src: Registry, bundles: dict[str, Path], sq
     theirs = src.patch(target, "safety", tmp_path / "b", coefficients="uniform:1.0")
     assert ours.hash == theirs.hash  # same vector, same selection: same patched model
     with pytest.raises(AlreadyExistsError, match="already registered as 'safety'"):
-        import_bundle(sqlite_reg, bundles["plain"], name="other-name")
+        sqlite_reg.import_bundle(bundles["plain"], name="other-name")
 
 
 @pytest.mark.parametrize("where", ["header", "manifest", "manifest-hash", "blob-header", "blob", "signature", "end"])
@@ -170,35 +170,35 @@ def test_any_altered_byte_is_refused(bundles: dict[str, Path], sqlite_reg: Regis
         bad.write_bytes(data[:i] + bytes([data[i] ^ 0x01]) + data[i + 1 :])
         for key in (None, bundles["pub"]):
             with pytest.raises(RegistryError):
-                import_bundle(sqlite_reg, bad, verify_key=key)
+                sqlite_reg.import_bundle(bad, verify_key=key)
         _assert_empty(sqlite_reg)
     bad.write_bytes(data[:-1])  # truncated
     with pytest.raises(InvalidInputError):
-        import_bundle(sqlite_reg, bad)
+        sqlite_reg.import_bundle(bad)
     bad.write_bytes(data + b"\x00")  # trailing garbage
     with pytest.raises(InvalidInputError):
-        import_bundle(sqlite_reg, bad)
+        sqlite_reg.import_bundle(bad)
     _assert_empty(sqlite_reg)
 
 
 def test_signatures(bundles: dict[str, Path], sqlite_reg: Registry) -> None:
     with pytest.raises(IntegrityCheckError, match="not by the --verify-key"):
-        import_bundle(sqlite_reg, bundles["other"], verify_key=bundles["pub"])
+        sqlite_reg.import_bundle(bundles["other"], verify_key=bundles["pub"])
     with pytest.raises(IntegrityCheckError, match="not signed"):
-        import_bundle(sqlite_reg, bundles["plain"], verify_key=bundles["pub"])
+        sqlite_reg.import_bundle(bundles["plain"], verify_key=bundles["pub"])
     _assert_empty(sqlite_reg)
     # alice's manifest with mallory's signature: the manifest names alice, so it cannot verify
     alice, mallory = _entries(bundles["signed"].read_bytes()), _entries(bundles["other"].read_bytes())
     swapped = [(n, d) for n, d, _ in alice[:-1]] + [(mallory[-1][0], mallory[-1][1])]
     (sqlite_reg.home / "swap.sgb").write_bytes(_pack(swapped))
     with pytest.raises(IntegrityCheckError, match="signature does not verify"):
-        import_bundle(sqlite_reg, sqlite_reg.home / "swap.sgb")
+        sqlite_reg.import_bundle(sqlite_reg.home / "swap.sgb")
     # dropping the signature of a signed bundle is caught too (the manifest names its signer)
     (sqlite_reg.home / "drop.sgb").write_bytes(_pack([(n, d) for n, d, _ in alice[:-1]]))
     with pytest.raises(InvalidInputError, match="signature.ed25519"):
-        import_bundle(sqlite_reg, sqlite_reg.home / "drop.sgb")
+        sqlite_reg.import_bundle(sqlite_reg.home / "drop.sgb")
     _assert_empty(sqlite_reg)
-    assert import_bundle(sqlite_reg, bundles["other"], verify_key=bundles["other_pub"]).meta["bundle"]["signer"]
+    assert sqlite_reg.import_bundle(bundles["other"], verify_key=bundles["other_pub"]).meta["bundle"]["signer"]
 
 
 def test_path_traversal_and_lying_sizes(bundles: dict[str, Path], sqlite_reg: Registry) -> None:
@@ -232,9 +232,9 @@ def test_path_traversal_and_lying_sizes(bundles: dict[str, Path], sqlite_reg: Re
     for label, (data, exc, match) in cases.items():
         (home / f"{label}.sgb").write_bytes(data)
         with pytest.raises(exc, match=match):
-            import_bundle(sqlite_reg, home / f"{label}.sgb")
+            sqlite_reg.import_bundle(home / f"{label}.sgb")
     with pytest.raises(InvalidInputError, match="more than the 1000 allowed"):
-        import_bundle(sqlite_reg, bundles["plain"], max_bytes=1000)
+        sqlite_reg.import_bundle(bundles["plain"], max_bytes=1000)
     _assert_empty(sqlite_reg)
 
 
@@ -286,7 +286,7 @@ def test_fuzz_bundle_reader(bundles: dict[str, Path], tmp_path_factory: pytest.T
     path.write_bytes(bytes(blob))
     dst = Registry.open(path.parent / "home")
     try:
-        rec = import_bundle(dst, path)
+        rec = dst.import_bundle(path)
         assert rec.hash == verify_bundle(bundles["plain"]).hash
     except RegistryError:
         assert dst.count_vectors() == 0 and not list(dst.store.iter_shas())

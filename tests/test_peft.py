@@ -17,7 +17,6 @@ from registry.api import Registry
 from registry.checkpoints.reader import Checkpoint
 from registry.errors import IncompatibleError, InvalidInputError
 from registry.evaluation.probes import by_kind, load_probes
-from registry.exchange.peft import export_peft, import_peft
 from registry.method.recalibrate import FitSettings
 from registry.toy.build import ToyWorld
 
@@ -57,7 +56,7 @@ def _patched(reg: Registry, target: Path, out: Path, coefficients: str, layers: 
 def test_full_energy_export_merges_to_our_patch(world: tuple[Registry, ToyWorld], tmp_path: Path) -> None:
     reg, w = world
     target = w.task_model(w.tasks[1])  # no recalibration for this one: λ = 1 on selected layers
-    res = export_peft(reg, "safety", tmp_path / "lora", energy=1.0)
+    res = reg.export_peft("safety", tmp_path / "lora", energy=1.0)
     assert res.max_relative_error < 1e-5
     assert all(mod.rank == mod.full_rank and mod.coefficient == 1.0 for mod in res.modules)
     merged = _merged(target, tmp_path / "lora")
@@ -76,7 +75,7 @@ def test_full_energy_export_merges_to_our_patch(world: tuple[Registry, ToyWorld]
 def test_truncated_export_is_within_recorded_error(world: tuple[Registry, ToyWorld], tmp_path: Path) -> None:
     reg, w = world
     target = w.task_model(w.tasks[0])
-    res = export_peft(reg, "safety", tmp_path / "lora", target=target, energy=0.9)
+    res = reg.export_peft("safety", tmp_path / "lora", target=target, energy=0.9)
     recal = json.loads((tmp_path / "lora" / "safegene_export.json").read_text())
     assert recal["errors"] == res.errors and recal["safegene"]["target"] == res.target
     assert set(res.coefficients) == {"0", "1"} and res.coefficients != {"0": 1.0, "1": 1.0}
@@ -98,16 +97,16 @@ def test_truncated_export_is_within_recorded_error(world: tuple[Registry, ToyWor
 
 def test_fixed_rank_and_refusals(world: tuple[Registry, ToyWorld], tmp_path: Path) -> None:
     reg, w = world
-    res = export_peft(reg, "safety", tmp_path / "r2", rank=2)
+    res = reg.export_peft("safety", tmp_path / "r2", rank=2)
     assert {mod.rank for mod in res.modules} == {2} and res.r == 2
     cfg = json.loads((tmp_path / "r2" / "adapter_config.json").read_text())
     assert cfg["rank_pattern"] == {}
     with pytest.raises(InvalidInputError, match="no cached recalibration"):
-        export_peft(reg, "safety", tmp_path / "x", target=w.task_model(w.tasks[1]))
+        reg.export_peft("safety", tmp_path / "x", target=w.task_model(w.tasks[1]))
     with pytest.raises(InvalidInputError, match="energy"):
-        export_peft(reg, "safety", tmp_path / "x", energy=1.5)
+        reg.export_peft("safety", tmp_path / "x", energy=1.5)
     with pytest.raises(Exception, match="already exists"):
-        export_peft(reg, "safety", tmp_path / "r2", rank=2)
+        reg.export_peft("safety", tmp_path / "r2", rank=2)
     assert not (tmp_path / "x").exists()
 
 
@@ -128,7 +127,7 @@ def test_import_matches_peft_merge(sqlite_reg: Registry, tiny_models: dict[str, 
     patterns = {} if rslora else {"rank_pattern": {"down_proj": 2}, "alpha_pattern": {"down_proj": 3}}
     adapter = _peft_adapter(base, tmp_path / "adapter", r=4, lora_alpha=8, use_rslora=rslora,
                             target_modules=["q_proj", "v_proj", "up_proj", "down_proj"], **patterns)  # fmt: skip
-    rec = import_peft(sqlite_reg, adapter, name="lora-safety", base=base)
+    rec = sqlite_reg.import_peft(adapter, name="lora-safety", base=base)
     assert rec.aligned is None and rec.degraded is None and rec.meta["source"] == "peft"
     assert [lay.index for lay in rec.layers] == [0, 1] and rec.tensor_scope == "blocks"
     sqlite_reg.patch(base, "lora-safety", tmp_path / "ours", coefficients="uniform:1.0", layers="all")
@@ -140,7 +139,7 @@ def test_import_matches_peft_merge(sqlite_reg: Registry, tiny_models: dict[str, 
             changed += not torch.equal(merged[name], Checkpoint(base).get_tensor(name))
     assert changed == 8  # 4 modules × 2 blocks
     assert sqlite_reg.verify().ok
-    again = import_peft(sqlite_reg, adapter, name="lora-safety", base=base)
+    again = sqlite_reg.import_peft(adapter, name="lora-safety", base=base)
     assert again.hash == rec.hash and sqlite_reg.count_vectors() == 1
 
 
@@ -149,13 +148,13 @@ def test_gpt2_conv1d_round_trip(sqlite_reg: Registry, tiny_models: dict[str, Pat
     base = tiny_models["gpt2"]
     adapter = _peft_adapter(base, tmp_path / "adapter", r=4, lora_alpha=4, fan_in_fan_out=True,
                             target_modules=["c_attn", "c_fc"])  # fmt: skip
-    import_peft(sqlite_reg, adapter, name="g", base=base)
+    sqlite_reg.import_peft(adapter, name="g", base=base)
     sqlite_reg.patch(base, "g", tmp_path / "ours", coefficients="uniform:1.0", layers="all")
     ours, merged = Checkpoint(tmp_path / "ours"), _merged(base, adapter)
     for name in ours.names():
         if name in merged:
             torch.testing.assert_close(ours.get_tensor(name), merged[name], rtol=1e-5, atol=1e-6)
-    res = export_peft(sqlite_reg, "g", tmp_path / "again", base=base, energy=1.0)
+    res = sqlite_reg.export_peft("g", tmp_path / "again", base=base, energy=1.0)
     assert all(mod.fan_in_fan_out for mod in res.modules) and res.r == 4  # the rank PEFT trained
     assert json.loads((tmp_path / "again" / "adapter_config.json").read_text())["fan_in_fan_out"] is True
     remerged = _merged(base, tmp_path / "again")
@@ -167,9 +166,9 @@ def test_export_refuses_tensors_that_are_not_lora_targets(sqlite_reg: Registry, 
                                                           tmp_path: Path) -> None:  # fmt: skip
     sqlite_reg.extract_vector(tiny_models["llama"], tiny_models["llama_b"], name="full", scope="all")
     with pytest.raises(IncompatibleError, match="cannot be LoRA targets") as err:
-        export_peft(sqlite_reg, "full", tmp_path / "x", coefficients={"0": 1.0, "1": 1.0, "extra": 1.0})
+        sqlite_reg.export_peft("full", tmp_path / "x", coefficients={"0": 1.0, "1": 1.0, "extra": 1.0})
     assert any("embed_tokens" in r for r in err.value.reasons)
-    res = export_peft(sqlite_reg, "full", tmp_path / "x", coefficients={"0": 1.0, "extra": 0.5},
+    res = sqlite_reg.export_peft("full", tmp_path / "x", coefficients={"0": 1.0, "extra": 0.5},
                       skip_unsupported=True, energy=1.0)  # fmt: skip
     assert any(mod.module == "lm_head" for mod in res.modules)
     assert any("embed_tokens" in s for s in res.skipped) and not (tmp_path / "x" / "model.safetensors").exists()
@@ -187,31 +186,31 @@ def test_import_validates_untrusted_adapters(sqlite_reg: Registry, tiny_models: 
     pickled = variant("pickled")
     (pickled / "adapter_model.safetensors").rename(pickled / "adapter_model.bin")
     with pytest.raises(InvalidInputError, match="never unpickles"):
-        import_peft(sqlite_reg, pickled, name="x", base=base)
+        sqlite_reg.import_peft(pickled, name="x", base=base)
     not_obj = variant("not-obj")
     (not_obj / "adapter_config.json").write_text("[1, 2]")
     with pytest.raises(InvalidInputError, match="JSON object"):
-        import_peft(sqlite_reg, not_obj, name="x", base=base)
+        sqlite_reg.import_peft(not_obj, name="x", base=base)
     nan = variant("nan")
     tensors = load_file(nan / "adapter_model.safetensors")
     key = next(k for k in tensors if k.endswith("lora_B.weight"))
     tensors[key][0, 0] = float("inf")
     save_file(tensors, nan / "adapter_model.safetensors")
     with pytest.raises(InvalidInputError, match="NaN or Inf"):
-        import_peft(sqlite_reg, nan, name="x", base=base)
+        sqlite_reg.import_peft(nan, name="x", base=base)
     stray = variant("stray")
     tensors = load_file(stray / "adapter_model.safetensors")
     tensors["base_model.model.model.embed_tokens.weight"] = torch.zeros(64, 32)
     save_file(tensors, stray / "adapter_model.safetensors")
     with pytest.raises(InvalidInputError, match="not a LoRA weight"):
-        import_peft(sqlite_reg, stray, name="x", base=base)
+        sqlite_reg.import_peft(stray, name="x", base=base)
     with pytest.raises(IncompatibleError, match="do not fit the base weight"):
-        import_peft(sqlite_reg, good, name="x", base=tiny_models["llama_wide"])
+        sqlite_reg.import_peft(good, name="x", base=tiny_models["llama_wide"])
     dora = variant("dora")
     cfg = json.loads((dora / "adapter_config.json").read_text())
     (dora / "adapter_config.json").write_text(json.dumps({**cfg, "use_dora": True}))
     with pytest.raises(InvalidInputError, match="use_dora"):
-        import_peft(sqlite_reg, dora, name="x", base=base)
+        sqlite_reg.import_peft(dora, name="x", base=base)
     assert sqlite_reg.count_vectors() == 0 and not list(sqlite_reg.store.iter_shas())
 
 

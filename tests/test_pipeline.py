@@ -53,11 +53,11 @@ def test_extract_is_exact_difference(world_reg: Registry, quick_world: ToyWorld)
 def test_extract_hashes_sources_once_in_any_slice_order(tmp_path: Path, quick_world: ToyWorld) -> None:
     """Blocks are hashed from the extraction's own reads; ``all`` (names interleave) hashes first: same identities."""
     from registry.checkpoints.reader import ContentHasher
-    from registry.method.extract import _name_order, _scope_filter, plan_slices
+    from registry.method.extract import name_order, plan_slices, scope_names
 
     a, d = Checkpoint(quick_world.models["aligned"]), Checkpoint(quick_world.models["degraded"])
-    assert _name_order(plan_slices(_scope_filter(a, "blocks"), "blocks")) is not None
-    assert _name_order(plan_slices(_scope_filter(a, "all"), "all")) is None
+    assert name_order(plan_slices(scope_names(a, "blocks"), "blocks")) is not None
+    assert name_order(plan_slices(scope_names(a, "all"), "all")) is None
     reg = Registry.open(tmp_path / "home")
     vec = reg.extract_vector(a.path, d.path, name="all", scope="all")
     assert (vec.aligned, vec.degraded) == (a.content_hash(), d.content_hash())

@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
-from .. import __version__
+from .._version import __version__
 from ..catalog import models as m
 from ..catalog.db import AUDIT_LOCK_KEY
 from .signing import event_signature_ok, sign_event

@@ -34,7 +34,6 @@ def check_name(name: str, what: str = "name") -> str:
     return name
 
 
-
 def default_name(path: Path) -> str:
     base = re.sub(r"[^A-Za-z0-9_.\-]", "-", path.name).lstrip("-._") or "checkpoint"
     return base[:100]
@@ -75,7 +74,7 @@ def by_ref(session: Session, model: type, ref: str, hash_col: str, exc: type[Not
             return row
     if _HEX_RE.match(ref):
         col = getattr(model, hash_col)
-        rows = list(session.scalars(select(model).where(col.startswith(ref)).limit(5)))
+        rows: list[object] = list(session.scalars(select(model).where(col.startswith(ref)).limit(5)))
         if len(rows) == 1:
             return rows[0]
         if len(rows) > 1:

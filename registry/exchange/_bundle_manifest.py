@@ -1,6 +1,6 @@
 """Checks of a bundle's manifest and blobs: untrusted input, every field typed, every hash recomputed.
 
-Used by :mod:`registry.bundle` before anything is written: the manifest's
+Used by :mod:`registry.exchange.bundle_format` before anything is written: the manifest's
 canonical form and types, each blob's stored hash, capped decoding, payload
 hash and tensors, each layer against its blob, the vector hash from the layers,
 the family id from its key and every probe set's hash.
@@ -13,9 +13,7 @@ import math
 import re
 from typing import Any
 
-import torch
-
-from .. import __version__
+from .._version import __version__
 from ..audit.chain import canonical_json
 from ..catalog.queries import check_name
 from ..checkpoints.family import FamilyKey, layer_of
@@ -98,6 +96,8 @@ def check_blob(blob: dict[str, Any], stored: bytes) -> Slice:
         tensors = decode_slice(payload)
     except Exception as exc:  # noqa: BLE001 - safetensors raises its own untyped errors
         raise InvalidInputError(f"bundle blob {sha[:12]} is not a safetensors slice ({exc})") from None
+    import torch  # decode_slice has imported it: a catalog that only lists never does
+
     for name, t in tensors.items():
         if not t.is_floating_point() or not torch.isfinite(t).all():
             raise InvalidInputError(f"bundle blob {sha[:12]}: {name[:80]} is not finite floating point")

@@ -1,4 +1,4 @@
-"""Patching a target with a vector: ``safegene patch`` (a mixin of :class:`registry.Registry`).
+"""Patching a target with a vector: the ``Patcher`` service behind ``safegene patch``.
 
 The flow: check the vector fits, resolve the coefficients (recalibrating when
 asked), then stream ``θ_T + Σ λ_l v_l`` into a new folder while three things run
@@ -20,18 +20,19 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session
 
-from .._core import PendingCheckpoint, current_actor
-from ..audit.chain import append_event, canonical_json, new_uid
+from ..audit.chain import canonical_json, new_uid
+from ..audit.log import AuditLog
 from ..catalog.records import VectorRecord
+from ..catalog.service import Catalog, PendingCheckpoint
 from ..checkpoints.provenance import read_patch_metadata
 from ..checkpoints.reader import Checkpoint, ContentHasher
 from ..errors import AlreadyExistsError, IntegrityCheckError, RegistryError
 from ..evaluation.probes import Probe
 from ..store.codec import Scratch
-from .extract import VectorOps
 from .fit_settings import FitSettings
 from .patching import write_order, write_patched
-from .pipeline import PipelineOps, Progress, auto_shots, layer_key, select_positions
+from .pipeline import Progress, Recalibrator, auto_shots, layer_key, select_positions
+from .vectors import Vectors
 
 if TYPE_CHECKING:
     import torch
@@ -47,11 +48,11 @@ class _SliceFeed:
     starts decoding at once.
     """
 
-    def __init__(self, ops: VectorOps, vec: VectorRecord, positions: list[int], names: list[str],
+    def __init__(self, vectors: Vectors, vec: VectorRecord, positions: list[int], names: list[str],
                  pool: ThreadPoolExecutor) -> None:  # fmt: skip
-        self.ops, self.vec, self.pool = ops, vec, pool
+        self.vectors, self.vec, self.pool = vectors, vec, pool
         self.layer = {lay.position: lay for lay in vec.layers}
-        self.rows = ops.blob_rows([lay.blob for lay in vec.layers if lay.position in positions])
+        self.rows = vectors.blob_rows([lay.blob for lay in vec.layers if lay.position in positions])
         self.verified: dict[str, str] = {}  # blob files that passed the full check here (recorded at the end)
         # Two decode scratches alternate (the held slice's and the one ahead): reused,
         # they spare fresh allocations' page faults for every slice. Slices decode one
@@ -74,7 +75,7 @@ class _SliceFeed:
         row = self.rows.get(lay.blob)
         if row is None:
             raise IntegrityCheckError(f"blob {lay.blob[:12]} of {self.vec.name} has no catalog row; run `safegene verify`")
-        return self.ops.load_slice(self.vec, lay, scratch=self.scratch[self.slot[p]], row=row, verified=self.verified)
+        return self.vectors.load_slice(self.vec, lay, scratch=self.scratch[self.slot[p]], row=row, verified=self.verified)
 
     def settled_verified(self) -> dict[str, str]:
         """:attr:`verified`, once no decode is running any more."""
@@ -119,8 +120,21 @@ class PatchResult:
         return asdict(self)
 
 
-class PatchOps(PipelineOps):
-    """``patch`` (see the module docstring)."""
+class Patcher:
+    """Writes patched models (see the module docstring) and records them.
+
+    Args:
+        catalog: records the target and the output checkpoints.
+        vectors: the vector's slices (its store's ``tmp/`` holds the output's lease).
+        recalibrator: the fit check and the coefficients (``auto`` recalibrates).
+        audit: records the ``patch`` event, and finds an earlier run's.
+    """
+
+    def __init__(self, catalog: Catalog, vectors: Vectors, recalibrator: Recalibrator, audit: AuditLog) -> None:
+        self.catalog = catalog
+        self.vectors = vectors
+        self.recalibrator = recalibrator
+        self.audit = audit
 
     def patch(self, target: str | Path, vector: str, out: str | Path, *, coefficients: str = "auto",
               layers: str | Sequence[int] = "auto", shots: str | Path | Sequence[Probe] | None = None,
@@ -133,9 +147,9 @@ class PatchOps(PipelineOps):
             AlreadyExistsError: ``out`` exists and ``force`` is false.
             InvalidInputError: no layers selected, bad coefficients or shots.
         """
-        vec = self.get_vector(vector)
+        vec = self.vectors.get(vector)
         ck = Checkpoint(target)
-        self._fit_check(vec, ck)
+        self.recalibrator.fit_check(vec, ck)
         out_path = Path(out)
         positions = select_positions(vec, layers)
         stop = threading.Event()
@@ -148,7 +162,7 @@ class PatchOps(PipelineOps):
             # for it (filled in before the rename), so no core waits for it.
             hashing = hasher.submit(ContentHasher(ck).hexdigest, stop)
             try:
-                feed = _SliceFeed(self, vec, positions, write_order(ck), pool)
+                feed = _SliceFeed(self.vectors, vec, positions, write_order(ck), pool)
                 return self._patch(vec, ck, out_path, feed, positions, hashing, coefficients=coefficients,
                                    shots=shots, settings=settings, force=force, device=device,
                                    progress=progress)  # fmt: skip
@@ -166,9 +180,9 @@ class PatchOps(PipelineOps):
         early = hashing.result() if out_path.exists() or coefficients == "auto" else None
         if out_path.exists() and not force and not self._same_patch_meta(out_path, vec, hashing.result()):
             raise AlreadyExistsError(f"{out_path} already exists; choose another --out or pass --force")
-        coefs = self.coefficients_for(vec, target, coefficients, positions, shots=shots,
-                                      settings=settings, device=device, progress=None,
-                                      target_hash=early)  # fmt: skip
+        coefs = self.recalibrator.coefficients_for(vec, target, coefficients, positions, shots=shots,
+                                                   settings=settings, device=device, progress=None,
+                                                   target_hash=early)  # fmt: skip
         if out_path.exists() and not force:
             earlier = self._completed_patch(out_path, vec, hashing.result(), coefs)
             if earlier is None:
@@ -195,20 +209,20 @@ class PatchOps(PipelineOps):
             pending_target = PendingCheckpoint.of(ck, name=None, role="task", digest=hashing.result())
 
             def tx(session: Session) -> PatchResult:
-                target_rec = self._insert_checkpoint(session, pending_target)
-                out_rec = self._insert_checkpoint(session, pending, parent=target_rec.hash,
-                                                  record_path=out_path.resolve())  # fmt: skip
-                ev = append_event(session, "patch", payload, actor=current_actor(), sign_key=self.sign_key, uid=uid, vector_hash=vec.hash,
-                                  target_hash=target_rec.hash, output_hash=out_rec.hash)  # fmt: skip
+                target_rec = self.catalog.insert_checkpoint(session, pending_target)
+                out_rec = self.catalog.insert_checkpoint(session, pending, parent=target_rec.hash,
+                                                         record_path=out_path.resolve())  # fmt: skip
+                ev = self.audit.append(session, "patch", payload, uid=uid, vector_hash=vec.hash,
+                                       target_hash=target_rec.hash, output_hash=out_rec.hash)  # fmt: skip
                 return PatchResult(uid, ev.seq, str(out_path.resolve()), out_rec.hash, vec.hash, vec.name,
                                    target_rec.hash, coefs)  # fmt: skip
 
-            done.append(self.transaction(tx))
+            done.append(self.catalog.transaction(tx))
 
         write_patched(ck, feed.lookup({p: coefs[key_of[p]] for p in positions}), out_path, metadata=meta,
-                      force=force, lease_dir=self.store.tmp_dir, before_rename=register, progress=progress,
+                      force=force, lease_dir=self.vectors.store.tmp_dir, before_rename=register, progress=progress,
                       fill=None if early else fill)  # fmt: skip
-        self.record_verified_blobs(feed.settled_verified())  # later patches read those files without re-hashing
+        self.vectors.record_verified_blobs(feed.settled_verified())  # later patches read those files without re-hashing
         return done[0]
 
     @staticmethod
@@ -226,7 +240,7 @@ class PatchOps(PipelineOps):
         if json.loads(meta.get("safegene.coefficients", "null")) != coefs:
             return None
         try:
-            ev = self.audit_show_uid(meta["safegene.event"])
+            ev = self.audit.show_uid(meta["safegene.event"])
         except RegistryError:
             return None
         if ev.kind != "patch" or ev.vector_hash != vec.hash or ev.target_hash != target_hash or not ev.output_hash:

@@ -1,4 +1,13 @@
-"""Scoring, recalibration, resolution and patching over the catalog (a Registry mixin)."""
+"""Layer scoring, recalibration (cached fits) and coefficient resolution: the ``Recalibrator`` service.
+
+The arithmetic (layer scores, the λ fit and its loss) is :mod:`registry.method.recalibrate`,
+imported on use: opening a registry never imports torch.
+
+Example:
+    >>> rc = Recalibrator(catalog, vectors, audit)                      # doctest: +SKIP
+    >>> rc.score("safety", "shots.jsonl")                               # doctest: +SKIP
+    >>> rc.recalibrate("models/task", "safety", "shots.jsonl").coefficients  # doctest: +SKIP
+"""
 
 from __future__ import annotations
 
@@ -6,28 +15,26 @@ import hashlib
 import json
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import case, func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from .._core import current_actor
-from ..audit.chain import append_event, canonical_json, vector_state_digest
+from ..audit.chain import canonical_json, vector_state_digest
+from ..audit.log import AuditLog
 from ..catalog import models as m
 from ..catalog.queries import resolve_vector
-from ..catalog.records import AuditRecord, VectorRecord
-from ..checkpoints.family import compatibility_reasons, family_key, manifest_hash
+from ..catalog.records import VectorRecord
+from ..catalog.service import Catalog
+from ..checkpoints.family import compatibility_reasons, family_key
 from ..checkpoints.reader import Checkpoint
-from ..errors import (
-    EventNotFoundError,
-    IncompatibleError,
-    InvalidInputError,
-)
+from ..errors import IncompatibleError, InvalidInputError
 from ..evaluation.probes import Probe, load_probes, probes_hash
-from .extract import EXTRA_LABEL, VectorOps
+from .extract import EXTRA_LABEL
 from .fit_settings import FitSettings
+from .vectors import Vectors
 
 Progress = Callable[[int, int], None]
 
@@ -42,19 +49,6 @@ class RecalibrationResult:
     seconds: float
     cached: bool
     settings: dict[str, Any]
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class Candidate:
-    name: str
-    hash: str
-    family: str
-    rank_score: float
-    compatible: bool
-    reasons: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -107,12 +101,22 @@ def parse_layers(spec: str) -> str | list[int]:
         raise InvalidInputError(f"--layers must be auto, all or a comma list of block indices, got {spec!r}") from None
 
 
-class PipelineOps(VectorOps):
-    """Score, recalibrate, resolve and patch (a mixin of :class:`registry.Registry`)."""
+class Recalibrator:
+    """Scores a vector's layers and fits its per-layer coefficients for a target.
 
-    # --- shared ---------------------------------------------------------------
+    Args:
+        catalog: probe sets, cached fits, the vectors' source checkpoints.
+        vectors: the vectors and their slices.
+        audit: records ``vector.score``.
+    """
 
-    def _fit_check(self, vec: VectorRecord, target: Checkpoint) -> None:
+    def __init__(self, catalog: Catalog, vectors: Vectors, audit: AuditLog) -> None:
+        self.catalog = catalog
+        self.vectors = vectors
+        self.audit = audit
+
+    def fit_check(self, vec: VectorRecord, target: Checkpoint) -> None:
+        """Raise :class:`IncompatibleError` (with every reason) unless ``vec`` fits ``target``."""
         key = family_key(target.config, target.names())
         reasons = compatibility_reasons(vec.manifest(), target.manifest(), target_tied=key.tied_embeddings)
         if key.id != vec.family:
@@ -120,42 +124,38 @@ class PipelineOps(VectorOps):
         if reasons:
             raise IncompatibleError(f"vector {vec.name} does not fit {target.path}", reasons)
 
-    def _store_probe_set(self, session: Session, probes: list[Probe]) -> str:
-        digest = probes_hash(probes)
-        if session.get(m.ProbeSet, digest) is None:
-            session.add(m.ProbeSet(hash=digest, num_probes=len(probes),
-                                   content=json.dumps([p.to_json() for p in probes])))  # fmt: skip
-            session.flush()
-        return digest
+    # --- scoring ------------------------------------------------------------------
 
-    # --- scoring --------------------------------------------------------------
-
-    def score_vector(self, ref: str, probes: str | Path | Sequence[Probe], *, target: str | Path | None = None,
-                     beta: float = 1.0, device: str = "cpu", progress: Progress | None = None) -> VectorRecord:  # fmt: skip
+    def score(self, ref: str, probes: str | Path | Sequence[Probe], *, target: str | Path | None = None,
+              beta: float = 1.0, device: str = "cpu", progress: Progress | None = None) -> VectorRecord:  # fmt: skip
         """Data-aware layer scores on ``probes`` (harmful + task/benign), stored per layer.
 
         The scores are measured on ``target`` (default: the vector's degraded
         checkpoint): adding one block's slice, does refusal CE fall more than
         utility CE rises? Blocks with a positive score are selected.
+
+        Raises:
+            IncompatibleError: the vector does not fit the target.
+            InvalidInputError: empty/malformed probes; no target and no degraded checkpoint on record.
         """
         items = _as_probes(probes)
-        vec = self.get_vector(ref)
+        vec = self.vectors.get(ref)
         base_dir = Path(target) if target else self._degraded_path(vec)
         ck = Checkpoint(base_dir)
-        self._fit_check(vec, ck)
+        self.fit_check(vec, ck)
         # torch and transformers are imported here, on use: not when a catalog is opened
         from ..evaluation.textio import load_model, load_tokenizer
         from .recalibrate import encode_shots, score_layers
 
         model, tok = load_model(base_dir, device=device), load_tokenizer(base_dir)
         blocks = [lay.position for lay in vec.layers if lay.index is not None]
-        slices = self.load_vector_slices(vec, positions=blocks)
+        slices = self.vectors.load_slices(vec, positions=blocks)
         scores = score_layers(model, slices, encode_shots(tok, items, device=device), beta=beta, progress=progress)
         by_pos = {s.position: s for s in scores}
 
         def tx(session: Session) -> VectorRecord:
             row = resolve_vector(session, vec.hash)
-            digest = self._store_probe_set(session, items)
+            digest = _store_probe_set(session, items)
             for lay in row.layers:
                 s = by_pos.get(lay.position)
                 if s is None:
@@ -165,28 +165,19 @@ class PipelineOps(VectorOps):
                 lay.selected = s.safety_gain > 0 and s.score > 0
                 lay.probe_set_hash = digest
             session.flush()
-            append_event(session, "vector.score",
-                         {"name": row.name, "probe_set": digest, "state_digest": vector_state_digest(row)},
-                         actor=current_actor(), sign_key=self.sign_key, vector_hash=row.hash)  # fmt: skip
+            self.audit.append(session, "vector.score",
+                              {"name": row.name, "probe_set": digest, "state_digest": vector_state_digest(row)},
+                              vector_hash=row.hash)  # fmt: skip
             return VectorRecord.from_row(row)
 
-        return self.transaction(tx)
-
-    def audit_show_uid(self, uid: str) -> AuditRecord:
-        def q(session: Session) -> AuditRecord:
-            row = session.scalar(select(m.AuditEvent).where(m.AuditEvent.uid == uid))
-            if row is None:
-                raise EventNotFoundError(uid)
-            return AuditRecord.from_row(row)
-
-        return self.read(q)
+        return self.catalog.transaction(tx)
 
     def _degraded_path(self, vec: VectorRecord) -> Path:
         if not vec.degraded:
             raise InvalidInputError(f"vector {vec.name} has no degraded checkpoint on record; pass --target DIR")
-        return Path(self.get_model(vec.degraded).path)
+        return Path(self.catalog.get_model(vec.degraded).path)
 
-    # --- recalibration --------------------------------------------------------
+    # --- recalibration --------------------------------------------------------------
 
     def recalibrate(self, target: str | Path, vector: str, shots: str | Path | Sequence[Probe], *,
                     layers: str | Sequence[int] = "auto", settings: FitSettings | None = None,
@@ -203,9 +194,9 @@ class PipelineOps(VectorOps):
         """
         s = settings or FitSettings()
         items = _as_probes(shots)
-        vec = self.get_vector(vector)
+        vec = self.vectors.get(vector)
         ck = Checkpoint(target)
-        self._fit_check(vec, ck)
+        self.fit_check(vec, ck)
         positions = select_positions(vec, layers)
         target_hash, shots_hash = target_hash or ck.content_hash(), probes_hash(items)
         cfg = {**s.to_json(), "positions": positions}
@@ -219,7 +210,7 @@ class PipelineOps(VectorOps):
         from .recalibrate import encode_shots, fit_coefficients
 
         model, tok = load_model(ck.path, device=device), load_tokenizer(ck.path)
-        slices = self.load_vector_slices(vec, positions=positions)
+        slices = self.vectors.load_slices(vec, positions=positions)
         batches = encode_shots(tok, items, batch_size=s.batch_size, device=device)
         fit = fit_coefficients(model, slices, batches, s, progress=progress)
         index_of = {lay.position: lay.index for lay in vec.layers}
@@ -227,7 +218,7 @@ class PipelineOps(VectorOps):
 
         def tx(session: Session) -> RecalibrationResult:
             row = resolve_vector(session, vec.hash)
-            self._store_probe_set(session, items)
+            _store_probe_set(session, items)
             existing = session.scalar(select(m.Recalibration).where(
                 m.Recalibration.vector_id == row.id, m.Recalibration.target_hash == target_hash,
                 m.Recalibration.shots_hash == shots_hash, m.Recalibration.settings_hash == settings_hash))  # fmt: skip
@@ -242,7 +233,7 @@ class PipelineOps(VectorOps):
             return RecalibrationResult(vec.name, target_hash, shots_hash, coefs, fit.losses,
                                        fit.seconds, False, cfg)  # fmt: skip
 
-        return self.transaction(tx)
+        return self.catalog.transaction(tx)
 
     def _cached_fit(self, vec: VectorRecord, target_hash: str, shots_hash: str, settings_hash: str) -> RecalibrationResult | None:
         def q(session: Session) -> RecalibrationResult | None:
@@ -256,42 +247,22 @@ class PipelineOps(VectorOps):
                                        json.loads(row.losses_json)["curve"], row.seconds, True,
                                        json.loads(row.settings_json))  # fmt: skip
 
-        return self.read(q)
+        return self.catalog.read(q)
 
-    # --- resolution -----------------------------------------------------------
+    def latest_coefficients(self, vec: VectorRecord, target_hash: str) -> dict[str, float] | None:
+        """The coefficients of the latest cached fit of ``vec`` for this target (any shots or settings), or None."""
 
-    def resolve(self, target: str | Path, *, limit: int = 10, include_incompatible: bool = False) -> list[Candidate]:
-        """Vectors that fit ``target``, best first, each with its reasons."""
-        ck = Checkpoint(target)
-        key = family_key(ck.config, ck.names())
-        manifest = ck.manifest()
-        target_manifest = manifest_hash(manifest)
+        def q(session: Session) -> str | None:
+            row = resolve_vector(session, vec.hash)
+            return session.scalar(
+                select(m.Recalibration.coefficients_json)
+                .where(m.Recalibration.vector_id == row.id, m.Recalibration.target_hash == target_hash)
+                .order_by(m.Recalibration.created_at.desc(), m.Recalibration.id.desc()).limit(1))  # fmt: skip
 
-        def q(session: Session) -> list[Candidate]:
-            # One lean query (no ORM objects): vector columns plus per-vector layer counts.
-            scored = func.count(m.VectorLayer.score)
-            selected = func.sum(case((m.VectorLayer.selected.is_(True), 1), else_=0))
-            stmt = (select(m.Vector.name, m.Vector.hash, m.Vector.family_id, m.Vector.meta_json,
-                           m.Vector.aligned_id, m.Vector.degraded_id, scored, selected)
-                    .outerjoin(m.VectorLayer, m.VectorLayer.vector_id == m.Vector.id)
-                    .group_by(m.Vector.id))  # fmt: skip
-            if not include_incompatible:
-                stmt = stmt.where(m.Vector.family_id == key.id)
-            family_vectors = select(m.Vector.hash).where(m.Vector.family_id == key.id)
-            patches = dict(session.execute(
-                select(m.AuditEvent.vector_hash, func.count())
-                .where(m.AuditEvent.kind == "patch", m.AuditEvent.vector_hash.in_(family_vectors))
-                .group_by(m.AuditEvent.vector_hash)).all())  # fmt: skip
-            out = [_rank(_RankInput(*row), key.id, manifest, target_manifest, key.tied_embeddings,
-                         patches.get(row[1], 0)) for row in session.execute(stmt)]  # fmt: skip
-            out.sort(key=lambda c: (not c.compatible, -c.rank_score, c.name))
-            return out
+        found = self.catalog.read(q)
+        return None if found is None else {str(k): float(v) for k, v in json.loads(found).items()}
 
-        cands = self.read(q)
-        good = [c for c in cands if c.compatible][:limit]
-        return good + ([c for c in cands if not c.compatible] if include_incompatible else [])
-
-    # --- patching -------------------------------------------------------------
+    # --- coefficients of a patch ---------------------------------------------------------
 
     def coefficients_for(self, vec: VectorRecord, target: str | Path, spec: str, positions: list[int], *,
                          shots: str | Path | Sequence[Probe] | None, settings: FitSettings | None,
@@ -315,46 +286,13 @@ class PipelineOps(VectorOps):
         return _coefficients_file(Path(spec), keys)
 
 
-@dataclass(frozen=True)
-class _RankInput:
-    name: str
-    hash: str
-    family: str
-    meta_json: str
-    aligned_id: int | None
-    degraded_id: int | None
-    scored: int
-    selected: int | None
-
-
-def _rank(vec: _RankInput, family_id: str, manifest: dict[str, tuple[int, ...]], target_manifest: str,
-          tied: bool, prior_patches: int) -> Candidate:  # fmt: skip
-    reasons: list[str] = []
-    meta = json.loads(vec.meta_json)
-    if meta.get("source_manifest") == target_manifest:
-        problems: list[str] = []  # extracted from checkpoints with this exact manifest: every tensor fits
-    else:
-        shapes = {n: tuple(s) for n, s in meta.get("shapes", {}).items()}
-        problems = compatibility_reasons(shapes, manifest, target_tied=tied)
-    if vec.family != family_id:
-        problems.insert(0, f"different family ({vec.family[:12]})")
-    if problems:
-        return Candidate(vec.name, vec.hash, vec.family, 0.0, False, problems[:5])
-    score = 1.0
-    reasons.append("same family; every tensor fits")
-    if vec.aligned_id and vec.degraded_id:
-        score += 0.1
-        reasons.append("provenance: aligned and degraded sources on record")
-    if vec.scored:
-        sel = int(vec.selected or 0)
-        score += 0.3 * sel / vec.scored
-        reasons.append(f"layer scores: {sel}/{vec.scored} blocks selected")
-    else:
-        reasons.append("not scored yet (run `safegene vector score`)")
-    if prior_patches:
-        score += 0.2 * min(prior_patches, 10) / 10
-        reasons.append(f"{prior_patches} prior patch(es) on record")
-    return Candidate(vec.name, vec.hash, vec.family, round(score, 4), True, reasons)
+def _store_probe_set(session: Session, probes: list[Probe]) -> str:
+    digest = probes_hash(probes)
+    if session.get(m.ProbeSet, digest) is None:
+        session.add(m.ProbeSet(hash=digest, num_probes=len(probes),
+                               content=json.dumps([p.to_json() for p in probes])))  # fmt: skip
+        session.flush()
+    return digest
 
 
 def _coefficients_file(path: Path, keys: list[str]) -> dict[str, float]:

@@ -1,0 +1,161 @@
+"""The audit log service: appending events to the chain, listing, showing and verifying them.
+
+Example:
+    >>> log = AuditLog(catalog, signer=None)                  # doctest: +SKIP
+    >>> catalog.transaction(lambda s: log.append(s, "note", {"text": "hello"}))  # doctest: +SKIP
+    >>> log.verify().ok                                       # doctest: +SKIP
+    True
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from ..catalog import models as m
+from ..catalog.queries import resolve_checkpoint, resolve_family, resolve_vector
+from ..catalog.records import AuditRecord
+from ..catalog.service import Catalog, current_actor
+from ..errors import EventNotFoundError, InvalidInputError
+from .chain import ChainReport, append_event, check_vector_states, verify_chain
+from .signing import load_key, public_hex
+
+
+class AuditLog:
+    """The append-only, hash-chained record of what was registered, scored, removed and patched.
+
+    Args:
+        catalog: where the events live.
+        signer: an Ed25519 private key (see :func:`registry.audit.signing.load_key`)
+            that signs every event appended through this log, or None.
+    """
+
+    def __init__(self, catalog: Catalog, signer: Any = None) -> None:
+        self.catalog = catalog
+        self.signer = signer
+
+    def append(self, session: Session, kind: str, payload: dict[str, Any], *, uid: str | None = None,
+               vector_hash: str | None = None, target_hash: str | None = None,
+               output_hash: str | None = None) -> AuditRecord:  # fmt: skip
+        """Append one event inside the caller's transaction, as the current actor, signed when a signer is set.
+
+        Returns:
+            The event as recorded (its ``seq`` is final once the transaction commits).
+        """
+        row = append_event(session, kind, payload, actor=current_actor(), uid=uid, vector_hash=vector_hash,
+                           target_hash=target_hash, output_hash=output_hash, sign_key=self.signer)  # fmt: skip
+        return AuditRecord.from_row(row)
+
+    def events(self, *, model: str | None = None, vector: str | None = None, family: str | None = None,
+               kind: str | None = None, actor: str | None = None, since: str | None = None,
+               limit: int | None = None) -> list[AuditRecord]:  # fmt: skip
+        """Events oldest first, filtered by checkpoint, vector (a removed one by full hash), family,
+        kind, actor or ISO time; ``limit``: only the last N.
+
+        Raises:
+            NotFoundError: ``model``, ``vector`` or ``family`` names nothing.
+            InvalidInputError: ``since`` is not an ISO date/time.
+        """
+
+        def q(session: Session) -> list[AuditRecord]:
+            stmt = select(m.AuditEvent).order_by(m.AuditEvent.seq)
+            if model:
+                h = resolve_checkpoint(session, model).hash
+                stmt = stmt.where((m.AuditEvent.target_hash == h) | (m.AuditEvent.output_hash == h))
+            if vector:
+                stmt = stmt.where(m.AuditEvent.vector_hash == _vector_hash(session, vector))
+            if family:
+                fid = resolve_family(session, family).id
+                stmt = stmt.where(
+                    m.AuditEvent.vector_hash.in_(select(m.Vector.hash).where(m.Vector.family_id == fid))
+                    | m.AuditEvent.target_hash.in_(select(m.Checkpoint.hash).where(m.Checkpoint.family_id == fid)))
+            if kind:
+                stmt = stmt.where(m.AuditEvent.kind == kind)
+            if actor:
+                stmt = stmt.where(m.AuditEvent.actor == actor)
+            if since:
+                stmt = stmt.where(m.AuditEvent.created_at >= _iso(since))
+            rows = list(session.scalars(stmt))
+            return [AuditRecord.from_row(r) for r in (rows[-limit:] if limit else rows)]
+
+        return self.catalog.read(q)
+
+    def show(self, ref: str) -> AuditRecord:
+        """An event by seq number, uid or uid prefix.
+
+        Raises:
+            EventNotFoundError: no such event (or the prefix is ambiguous).
+        """
+
+        def q(session: Session) -> AuditRecord:
+            row = None
+            if ref.isdigit():
+                row = session.scalar(select(m.AuditEvent).where(m.AuditEvent.seq == int(ref)))
+            if row is None and len(ref) >= 4:
+                rows = list(session.scalars(select(m.AuditEvent).where(m.AuditEvent.uid.startswith(ref)).limit(2)))
+                row = rows[0] if len(rows) == 1 else None
+            if row is None:
+                raise EventNotFoundError(ref, "give a seq number or event id from `safegene audit log`")
+            return AuditRecord.from_row(row)
+
+        return self.catalog.read(q)
+
+    def show_uid(self, uid: str) -> AuditRecord:
+        """An event by its full uid.
+
+        Raises:
+            EventNotFoundError: no event has this uid.
+        """
+
+        def q(session: Session) -> AuditRecord:
+            row = session.scalar(select(m.AuditEvent).where(m.AuditEvent.uid == uid))
+            if row is None:
+                raise EventNotFoundError(uid)
+            return AuditRecord.from_row(row)
+
+        return self.catalog.read(q)
+
+    def latest_patch_of(self, output_hash: str) -> AuditRecord | None:
+        """The latest patch event whose output has this content hash, or None."""
+        stmt = (select(m.AuditEvent).where(m.AuditEvent.kind == "patch", m.AuditEvent.output_hash == output_hash)
+                .order_by(m.AuditEvent.seq.desc()).limit(1))  # fmt: skip
+
+        def q(session: Session) -> AuditRecord | None:
+            row = session.scalar(stmt)
+            return AuditRecord.from_row(row) if row is not None else None
+
+        return self.catalog.read(q)
+
+    def verify(self, *, verify_key: str | Path | None = None) -> ChainReport:
+        """Walk the chain; with ``verify_key`` (PEM public key) every event must carry its signature."""
+        key_hex = public_hex(load_key(Path(verify_key), private=False)) if verify_key else None
+        return self.catalog.read(lambda s: verify_chain(s, verify_key=key_hex))
+
+    def head(self) -> dict[str, Any]:
+        """The chain's length and head hash (keep it elsewhere as an anchor) and whether it holds."""
+        rep = self.verify()
+        return {"length": rep.length, "head": rep.head, "ok": rep.ok}
+
+    def check_vector_states(self) -> list[str]:
+        """Problems where a vector's layer table differs from what its last audit event recorded."""
+        return self.catalog.read(check_vector_states)
+
+
+def _vector_hash(session: Session, ref: str) -> str:
+    try:
+        return resolve_vector(session, ref).hash
+    except LookupError:
+        if len(ref) == 64:
+            return ref  # a removed vector is still in the audit log
+        raise
+
+
+def _iso(value: str) -> str:
+    try:
+        return dt.datetime.fromisoformat(value).astimezone(dt.UTC).isoformat()
+    except ValueError:
+        raise InvalidInputError(f"--since {value!r} is not an ISO date/time") from None
