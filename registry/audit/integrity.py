@@ -1,4 +1,8 @@
-"""The integrity service: `verify` (catalog ↔ store ↔ audit chain), `gc` and `identify`."""
+"""The integrity service: `verify` (catalog ↔ store ↔ audit chain), `gc` and `identify`.
+
+A blob is referenced while a vector layer names it; `gc` removes the others'
+files and catalog rows once they are older than its grace period.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
 
 from .._faults import crashpoint
 from ..catalog import models as m
@@ -18,6 +23,8 @@ from ..errors import EventNotFoundError, IntegrityCheckError
 from ..store.atomic import LEASE_PREFIX, reclaim_partial
 from ..store.blobs import BlobStore
 from .log import AuditLog
+
+_CHUNK = 500  # shas per IN (...) list
 
 
 @dataclass(frozen=True)
@@ -115,7 +122,7 @@ class Integrity:
                     problems.append(str(exc))
         for sha in sorted(layer_blobs - set(rows)):
             problems.append(f"blob {sha[:12]}: used by a vector but has no catalog row")
-        removable = [f"orphan blob {sha[:12]}" for sha in sorted(on_disk - set(rows))]
+        removable = [f"unreferenced blob {sha[:12]}" for sha in sorted(on_disk - layer_blobs)]
         removable += [f"temp file {p.name}" for p in self.store.stale_temp_files(older_than_s=0)]
         chain = self.audit.verify(verify_key=verify_key)
         problems += chain.problems
@@ -123,33 +130,61 @@ class Integrity:
         return VerifyReport(not problems, problems, len(on_disk), chain.length, removable)
 
     def gc(self, *, dry_run: bool = False, temp_age_s: float = 3600.0) -> GcReport:
-        """Remove blobs no catalog row references, and temp files no live writer owns.
+        """Remove blobs no vector layer references (file and catalog row), and temp files no live writer owns.
 
-        A blob written by an extract still in flight has no row yet; blobs
-        younger than ``temp_age_s`` are kept so gc never races a writer.
+        Blobs younger than ``temp_age_s`` are kept: an extraction in flight has
+        written blobs that no row references yet.
+
+        Args:
+            dry_run: only say what would be removed.
+            temp_age_s: the grace period in seconds.
         """
-        referenced = self.catalog.read(lambda s: set(s.scalars(select(m.Blob.sha256)))
-                                       | set(s.scalars(select(m.VectorLayer.blob_sha256))))  # fmt: skip
-        cutoff = time.time() - temp_age_s
-        removed, freed = [], 0
-        for sha in self.store.iter_shas():
-            path = self.store.path_for(sha)
-            if sha in referenced or path.stat().st_mtime > cutoff:
-                continue
-            freed += path.stat().st_size
-            removed.append(sha)
-            if not dry_run:
+        doomed, with_rows, freed = self._unreferenced(time.time() - temp_age_s)
+        if not dry_run:
+            if with_rows:
+                # Rows go before files: a crash in between leaves unreferenced files
+                # (removable), never a row without its file.
+                doomed = self.catalog.transaction(lambda s: _drop_rows(s, doomed))
+            for sha in doomed:
                 crashpoint("gc.delete-blob")
                 self.store.delete(sha)
         temps = self.store.stale_temp_files(older_than_s=temp_age_s)
         for t in temps:
-            freed += t.stat().st_size
+            try:
+                freed += t.stat().st_size
+            except FileNotFoundError:
+                continue
             if not dry_run:
                 crashpoint("gc.delete-temp")
                 if t.name.startswith(LEASE_PREFIX):
                     reclaim_partial(t)
                 t.unlink(missing_ok=True)
-        return GcReport(removed, [t.name for t in temps], freed)
+        return GcReport(doomed, [t.name for t in temps], freed)
 
     def _referenced(self) -> set[str]:
         return self.catalog.read(lambda s: set(s.scalars(select(m.VectorLayer.blob_sha256).distinct())))
+
+    def _unreferenced(self, cutoff: float) -> tuple[list[str], bool, int]:
+        """Blobs (files or rows) no layer references whose file is missing or older than ``cutoff``:
+        their shas, whether any has a catalog row, and their files' bytes."""
+        referenced = self._referenced()
+        rows = self.catalog.read(lambda s: set(s.scalars(select(m.Blob.sha256))))
+        doomed, freed = [], 0
+        for sha in sorted((set(self.store.iter_shas()) | rows) - referenced):
+            try:
+                st = self.store.path_for(sha).stat()
+            except FileNotFoundError:
+                doomed.append(sha)  # a row whose file is gone
+                continue
+            if st.st_mtime <= cutoff:
+                doomed.append(sha)
+                freed += st.st_size
+        return doomed, any(sha in rows for sha in doomed), freed
+
+
+def _drop_rows(session: Session, shas: list[str]) -> list[str]:
+    """Delete the catalog rows of the blobs in ``shas`` that no layer references now; those shas."""
+    still = sorted(set(shas) - set(session.scalars(select(m.VectorLayer.blob_sha256).distinct())))
+    for i in range(0, len(still), _CHUNK):
+        session.execute(delete(m.Blob).where(m.Blob.sha256.in_(still[i : i + _CHUNK])))
+    return still
