@@ -1,7 +1,9 @@
 """The integrity service: `verify` (catalog ↔ store ↔ audit chain), `gc` and `identify`.
 
-A blob is referenced while a vector layer names it; `gc` removes the others'
-files and catalog rows once they are older than its grace period.
+``gc`` and writers: a writer holds :meth:`BlobStore.writing` from its first blob
+until the catalog rows that reference its blobs are committed; ``gc`` decides
+what is unreferenced and deletes it under :meth:`BlobStore.collecting`, so it
+never deletes a blob an extraction or import is about to reference.
 """
 
 from __future__ import annotations
@@ -132,22 +134,25 @@ class Integrity:
     def gc(self, *, dry_run: bool = False, temp_age_s: float = 3600.0) -> GcReport:
         """Remove blobs no vector layer references (file and catalog row), and temp files no live writer owns.
 
-        Blobs younger than ``temp_age_s`` are kept: an extraction in flight has
-        written blobs that no row references yet.
+        Blobs younger than ``temp_age_s`` are kept, and deletion waits for any
+        writer between its first blob and its catalog commit (see the module docstring).
 
         Args:
-            dry_run: only say what would be removed.
+            dry_run: only say what would be removed (takes no lock).
             temp_age_s: the grace period in seconds.
         """
-        doomed, with_rows, freed = self._unreferenced(time.time() - temp_age_s)
-        if not dry_run:
-            if with_rows:
-                # Rows go before files: a crash in between leaves unreferenced files
-                # (removable), never a row without its file.
-                doomed = self.catalog.transaction(lambda s: _drop_rows(s, doomed))
-            for sha in doomed:
-                crashpoint("gc.delete-blob")
-                self.store.delete(sha)
+        if dry_run:
+            doomed, _, freed = self._unreferenced(time.time() - temp_age_s)
+        else:
+            with self.store.collecting():
+                doomed, with_rows, freed = self._unreferenced(time.time() - temp_age_s)
+                if with_rows:
+                    # Rows go before files: a crash in between leaves unreferenced files
+                    # (removable), never a row without its file.
+                    doomed = self.catalog.transaction(lambda s: _drop_rows(s, doomed))
+                for sha in doomed:
+                    crashpoint("gc.delete-blob")
+                    self.store.delete(sha)
         temps = self.store.stale_temp_files(older_than_s=temp_age_s)
         for t in temps:
             try:

@@ -3,7 +3,7 @@
 An export carries the vector, its family fingerprint, provenance, layer scores,
 probe sets and blobs. An import verifies the whole file before the first write
 (:func:`registry.exchange.bundle_format.read_verified`); then the blobs go to
-the store and the rows to the catalog.
+the store and the rows to the catalog, under the store's writer lock.
 """
 
 from __future__ import annotations
@@ -159,16 +159,17 @@ def import_bundle(catalog: Catalog, vectors: Vectors, path: str | Path, *, name:
                 session.add(m.ProbeSet(hash=ps["hash"], num_probes=len(probes), content=json.dumps(probes)))
         session.flush()
 
-    infos = {b["sha256"]: _install_blob(vectors.store, p, b, ver.blobs[b["sha256"]]) for b in man["blobs"]}
-    layers = [{"position": lay["position"], "index": lay["index"], "label": lay["label"],
-               "names": lay["tensor_names"], "blob": infos[lay["blob"]], "norm": float(lay["norm"]),
-               "score": lay["score"], "safety_gain": lay["safety_gain"], "task_cost": lay["task_cost"],
-               "selected": lay["selected"], "probe_set": lay["probe_set"]} for lay in man["layers"]]  # fmt: skip
-    return vectors.register(
-        final, man["family"]["id"], _known(catalog, prov["aligned"]), _known(catalog, prov["degraded"]),
-        vec["encoding"], vec["tensor_scope"], layers, meta, prepare=prepare,
-        event_extra={"source": "bundle", "aligned": prov["aligned"], "degraded": prov["degraded"],
-                     "bundle": ver.info.manifest_hash, "signer": ver.info.signer})  # fmt: skip
+    with vectors.store.writing():  # gc waits until the rows reference the blobs written or reused here
+        infos = {b["sha256"]: _install_blob(vectors.store, p, b, ver.blobs[b["sha256"]]) for b in man["blobs"]}
+        layers = [{"position": lay["position"], "index": lay["index"], "label": lay["label"],
+                   "names": lay["tensor_names"], "blob": infos[lay["blob"]], "norm": float(lay["norm"]),
+                   "score": lay["score"], "safety_gain": lay["safety_gain"], "task_cost": lay["task_cost"],
+                   "selected": lay["selected"], "probe_set": lay["probe_set"]} for lay in man["layers"]]  # fmt: skip
+        return vectors.register(
+            final, man["family"]["id"], _known(catalog, prov["aligned"]), _known(catalog, prov["degraded"]),
+            vec["encoding"], vec["tensor_scope"], layers, meta, prepare=prepare,
+            event_extra={"source": "bundle", "aligned": prov["aligned"], "degraded": prov["degraded"],
+                         "bundle": ver.info.manifest_hash, "signer": ver.info.signer})  # fmt: skip
 
 
 def _install_blob(store: BlobStore, path: Path, blob: dict[str, Any], where: tuple[int, int, str]) -> BlobInfo:

@@ -110,11 +110,12 @@ def import_peft(catalog: Catalog, vectors: Vectors, path: str | Path, *, name: s
     def prepare(session: Session) -> None:
         get_or_create_family(session, key, mhash, base_names)
 
-    layers = [{"position": pos, "index": idx, "label": label, "names": members, "norm": norm,
-               "blob": vectors.store.put(payload, skip=payload_skip(payload), width=4)}
-              for pos, (idx, label, members, payload, norm) in enumerate(_payloads(weights, plan, lora, base_ck, kinds))]  # fmt: skip
-    return vectors.register(name, key.id, None, None, "fp32", scope, layers, meta, prepare=prepare,
-                            event_extra={"source": "peft", "base": base_hash})  # fmt: skip
+    with vectors.store.writing():  # gc waits until the rows reference the blobs written or reused here
+        layers = [{"position": pos, "index": idx, "label": label, "names": members, "norm": norm,
+                   "blob": vectors.store.put(payload, skip=payload_skip(payload), width=4)}
+                  for pos, (idx, label, members, payload, norm) in enumerate(_payloads(weights, plan, lora, base_ck, kinds))]  # fmt: skip
+        return vectors.register(name, key.id, None, None, "fp32", scope, layers, meta, prepare=prepare,
+                                event_extra={"source": "peft", "base": base_hash})  # fmt: skip
 
 
 def _payloads(weights: Path, plan: SlicePlan, lora: LoraSettings, base: Checkpoint,

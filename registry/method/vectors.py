@@ -106,13 +106,15 @@ class Vectors:
         hashers = (ContentHasher(a_ck) if a_rec is None and order else None,
                    ContentHasher(d_ck) if d_rec is None and order else None)  # fmt: skip
         try:
-            layers, meta = extract_slices(self.store, a_ck, d_ck, slices, encoding, progress,
-                                          order=order or list(range(len(slices))), hashers=hashers)  # fmt: skip
-            a_rec = a_rec or self._register_source(a_ck, "aligned", hashers[0])
-            d_rec = d_rec or self._register_source(d_ck, "degraded", hashers[1])
-            meta.update(scope=scope, source_dtype=a_ck.dtype_summary(), num_blocks=a_key.num_layers,
-                        source_manifest=manifest_hash(a_ck.manifest()))
-            return self.register(name, a_key.id, a_rec, d_rec, encoding, scope, layers, meta)
+            # gc waits from the first blob until the rows that reference them are committed.
+            with self.store.writing():
+                layers, meta = extract_slices(self.store, a_ck, d_ck, slices, encoding, progress,
+                                              order=order or list(range(len(slices))), hashers=hashers)  # fmt: skip
+                a_rec = a_rec or self._register_source(a_ck, "aligned", hashers[0])
+                d_rec = d_rec or self._register_source(d_ck, "degraded", hashers[1])
+                meta.update(scope=scope, source_dtype=a_ck.dtype_summary(), num_blocks=a_key.num_layers,
+                            source_manifest=manifest_hash(a_ck.manifest()))
+                return self.register(name, a_key.id, a_rec, d_rec, encoding, scope, layers, meta)
         finally:
             for h in hashers:
                 if h is not None:
@@ -144,6 +146,8 @@ class Vectors:
                  prepare: Callable[[Session], None] | None = None,
                  event_extra: dict[str, Any] | None = None) -> VectorRecord:  # fmt: skip
         """Record a vector whose blobs are in the store: its row, layers, blob rows and ``vector.register`` event.
+
+        Call it under :meth:`BlobStore.writing` held since the blobs were written or found.
 
         Args:
             name: catalog name.
