@@ -51,10 +51,10 @@ import zstandard
 
 from ..errors import IntegrityCheckError
 from . import _zstd_literals
+from ._frames import FLAG_SHA256, Buffer, check_digest, decompress_capped, states_size
 from ._planes import CHUNK_WORDS, join_v1, join_v2, plane_v1, plane_v2
 
 MAGIC = b"SGB1"
-FLAG_SHA256 = 1  # header flag: the body digest is sha256[:16] (clear: blake2b-128)
 _HEADER = struct.Struct("<4sBBHIQ16s")
 _LEN = struct.Struct("<Q")
 LEVEL = 3
@@ -63,7 +63,6 @@ _UINT: dict[int, np.dtype[Any]] = {2: np.dtype("<u2"), 4: np.dtype("<u4")}
 _CORES = os.cpu_count() or 1
 _WORKERS = min(4, _CORES)
 _ZSTD_THREADS = max(2, min(4, _CORES))  # zstd workers per frame: as many as cores measured best (2 cores: 750 MB/s vs 700 with 3, 585 with 1)
-Buffer = bytes | bytearray | memoryview
 
 
 def _plane_threads(planes: int) -> int:
@@ -213,7 +212,7 @@ class Codec(abc.ABC):
         if pos != len(body):
             raise IntegrityCheckError("blob body has trailing bytes")
         area = None
-        if scratch is not None and self._segments_are_scratch and all(map(_states_size, frames, sizes)):
+        if scratch is not None and self._segments_are_scratch and all(map(states_size, frames, sizes)):
             # Segments decompress into place, into the scratch's segment buffer (the
             # codec rebuilds the payload from them; they are not returned). Only
             # when every frame states the size the header gives it: nothing is
@@ -225,14 +224,14 @@ class Codec(abc.ABC):
             # The body digest runs beside the frames' decompression (hashlib and zstd
             # release the GIL); nothing decoded is returned before it is checked.
             with ThreadPoolExecutor(_WORKERS, thread_name_prefix="safegene-codec") as pool:
-                checked = pool.submit(_check_digest, view, digest, flags) if digest is not None else None
-                segments = list(pool.map(_decompress_capped, frames, sizes, dests))
+                checked = pool.submit(check_digest, view, digest, flags) if digest is not None else None
+                segments = list(pool.map(decompress_capped, frames, sizes, dests))
                 if checked is not None:
                     checked.result()
                 return self.join(segments, skip=skip, width=width, pool=pool, scratch=scratch)
         if digest is not None:
-            _check_digest(view, digest, flags)
-        segments = [_decompress_capped(f, n, d) for f, n, d in zip(frames, sizes, dests, strict=True)]
+            check_digest(view, digest, flags)
+        segments = [decompress_capped(f, n, d) for f, n, d in zip(frames, sizes, dests, strict=True)]
         return self.join(segments, skip=skip, width=width, scratch=scratch)
 
 
@@ -407,84 +406,3 @@ def decode(stored: Buffer, *, max_size: int | None = None, scratch: Scratch | No
         raise IntegrityCheckError("blob header width does not fit its codec and size")
     return _BY_ID[cid].decode_body(body, raw_size=raw_size, skip=skip, width=width,
                                    digest=digest if check_digest else None, flags=flags, scratch=scratch)  # fmt: skip
-
-
-def _digest(body: Buffer, flags: int) -> bytes:
-    if flags & FLAG_SHA256:
-        return hashlib.sha256(body).digest()[:16]
-    return hashlib.blake2b(body, digest_size=16).digest()
-
-
-def _check_digest(body: Buffer, digest: bytes, flags: int) -> None:
-    if _digest(body, flags) != digest:
-        raise IntegrityCheckError("blob body does not match its recorded digest")
-
-
-def _decompress_capped(body: Buffer, raw_size: int, dest: np.ndarray[Any, Any] | None = None) -> Buffer:
-    """Decompress one frame of exactly ``raw_size`` bytes, into ``dest`` when given (else a fresh buffer).
-
-    zstd writes into the destination and can never write past it; one more
-    read must then find the frame's end, so a frame that yields more or fewer
-    bytes than the header says is refused without being inflated.
-    """
-    try:
-        params = zstandard.get_frame_parameters(body)
-    except zstandard.ZstdError as exc:
-        raise IntegrityCheckError(f"blob body is not a zstd frame: {exc}") from None
-    if params.content_size not in (zstandard.CONTENTSIZE_UNKNOWN, raw_size):
-        raise IntegrityCheckError(
-            f"zstd frame claims {params.content_size} bytes, header says {raw_size}"
-        )
-    if dest is None and params.content_size != raw_size:
-        return _decompress_unsized(body, raw_size)
-    if dest is None:
-        # Nowhere given to decompress into, and the frame states the expected size:
-        # one exact-size allocation, and zstd itself fails on more or fewer bytes.
-        try:
-            data = zstandard.ZstdDecompressor().decompress(body, max_output_size=raw_size)
-        except zstandard.ZstdError as exc:
-            raise IntegrityCheckError(f"blob body does not decompress: {exc}") from None
-        if len(data) != raw_size:
-            raise IntegrityCheckError(f"blob decompressed to {len(data)} bytes, expected {raw_size}")
-        return data
-    view, got = dest.data, 0
-    try:
-        reader = zstandard.ZstdDecompressor().stream_reader(body, read_across_frames=False, read_size=1 << 20)
-        while got < raw_size:
-            n = reader.readinto(view[got:])
-            if not n:
-                break
-            got += n
-        extra = reader.read(1)
-    except zstandard.ZstdError as exc:
-        raise IntegrityCheckError(f"blob body does not decompress: {exc}") from None
-    if got != raw_size or extra:
-        raise IntegrityCheckError(f"blob decompressed to {'more than ' if extra else ''}{got} bytes, expected {raw_size}")
-    return view
-
-
-def _states_size(frame: Buffer, size: int) -> bool:
-    try:
-        return bool(zstandard.get_frame_parameters(frame).content_size == size)
-    except zstandard.ZstdError:
-        return False
-
-
-def _decompress_unsized(body: Buffer, raw_size: int) -> bytes:
-    # A frame that does not state its size (not written by this codec): read it in
-    # chunks and stop one byte past the expected size, so memory grows only with
-    # what the frame really yields.
-    reader = zstandard.ZstdDecompressor().stream_reader(body, read_across_frames=False)
-    chunks, got = [], 0
-    try:
-        while got <= raw_size:
-            chunk = reader.read(min(raw_size + 1 - got, 64 << 20))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            got += len(chunk)
-    except zstandard.ZstdError as exc:
-        raise IntegrityCheckError(f"blob body does not decompress: {exc}") from None
-    if got != raw_size:
-        raise IntegrityCheckError(f"blob decompressed to {got} bytes, expected {raw_size}")
-    return b"".join(chunks)
