@@ -35,25 +35,31 @@ torch, transformers and gguf are imported inside the functions that need them.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 import tempfile
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import (
-    AlreadyExistsError,
     ConfigurationError,
     IntegrityCheckError,
     InvalidCheckpointError,
     InvalidInputError,
+)
+from ._gguf_files import (
+    check_out,
+    file_sha256,
+    fsync_tree,
+    library_errors,
+    place,
+    quiet,
+    stat_key,
+    write_json,
 )
 from ._gguf_header import (
     GGML_TYPES,
@@ -62,9 +68,9 @@ from ._gguf_header import (
     GgufHeader,
     GgufTensorInfo,
     ModelSpec,
-    check_model,
     read_gguf_header,
 )
+from ._gguf_model import check_model
 from ._gguf_wheel import (
     SMOLLM2_GGUF,
     SMOLLM2_MEMBER,
@@ -149,9 +155,9 @@ def import_gguf(
     say("checking the GGUF header")
     header = read_gguf_header(src_p)
     spec = check_model(header)
-    _check_out(src_p, out_p, force)
+    check_out(src_p, out_p, force)
     say("hashing the source file")
-    sha256, before = _sha256(src_p)
+    sha256, before = file_sha256(src_p)
     out_p.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_p.name}.", suffix=".gguf-import", dir=out_p.parent))
     try:
@@ -159,7 +165,7 @@ def import_gguf(
             link = Path(link_dir) / "model.gguf"
             os.symlink(src_p.resolve(), link)
             written = _convert(src_p, link, header, spec, sha256, dtype, tmp, say)
-        if _stat_key(src_p) != before or before[0] != header.file_size:
+        if stat_key(src_p) != before or before[0] != header.file_size:
             raise IntegrityCheckError(
                 f"{src_p} changed while it was being converted: run the import again"
             )
@@ -169,10 +175,10 @@ def import_gguf(
             num_tensors=written["num_tensors"], num_params=written["num_params"], dtype=dtype,
             seconds=round(time.monotonic() - started, 3),
         )  # fmt: skip
-        _write_json(tmp / "provenance.json", _provenance(header, sha256, result))
+        write_json(tmp / "provenance.json", _provenance(header, sha256, result))
         say(f"moving the checkpoint into {out_p}")
-        _fsync_tree(tmp)
-        _place(tmp, out_p, force)
+        fsync_tree(tmp)
+        place(tmp, out_p, force)
         return result
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # gone already once placed
@@ -199,7 +205,7 @@ def _convert(src: Path, link: Path, header: GgufHeader, spec: ModelSpec, sha256:
         "trust_remote_code": False,
     }
     say(f"dequantizing {len(header.tensors)} tensors")
-    with _quiet(), _library_errors(src, link, "could not read the weights"):
+    with quiet(), library_errors(src, link, "could not read the weights"):
         loaded: Any = AutoModelForCausalLM.from_pretrained(str(link.parent), dtype=torch.float32,
                                                            output_loading_info=True, **kw)  # fmt: skip
     model, info = loaded
@@ -217,7 +223,7 @@ def _convert(src: Path, link: Path, header: GgufHeader, spec: ModelSpec, sha256:
     config.save_pretrained(tmp)
     _generation_config(config, header).save_pretrained(tmp)
     say("converting the tokenizer")
-    with _quiet(), _library_errors(src, link, "could not rebuild the tokenizer"):
+    with quiet(), library_errors(src, link, "could not rebuild the tokenizer"):
         tokenizer = AutoTokenizer.from_pretrained(str(link.parent), **kw)
         if len(tokenizer) > spec.vocab:
             raise InvalidCheckpointError(src, f"the tokenizer has {len(tokenizer):,} tokens, the embedding only "
@@ -301,64 +307,7 @@ def _scrub_tokenizer_config(path: Path) -> None:
             "gguf_file",
         ):
             data.pop(key, None)
-        _write_json(path, data)
-
-
-@contextmanager
-def _quiet() -> Iterator[None]:
-    """transformers' warnings and progress bars off: callers show their own progress."""
-    import importlib
-    import warnings
-    from functools import partial
-
-    hf_logging: Any = importlib.import_module("transformers.utils.logging")
-    try:
-        gguf_loader: Any = importlib.import_module("transformers.modeling_gguf_pytorch_utils")
-    except ImportError:  # a transformers without the legacy loader
-        gguf_loader = None
-    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    # The GGUF loader calls tqdm directly, past transformers' switch (and TQDM_DISABLE is read at import).
-    loader_tqdm = getattr(gguf_loader, "tqdm", None) if gguf_loader is not None else None
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    if loader_tqdm is not None:
-        gguf_loader.tqdm = partial(loader_tqdm, disable=True)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if bars:
-            hf_logging.enable_progress_bar()
-        if loader_tqdm is not None:
-            gguf_loader.tqdm = loader_tqdm
-
-
-@contextmanager
-def _library_errors(src: Path, link: Path, what: str) -> Iterator[None]:
-    """Whatever gguf/transformers raise on a file that passed our checks becomes one line."""
-    try:
-        yield
-    except (InvalidCheckpointError, MemoryError):
-        raise
-    except Exception as exc:
-        root = _root_cause(exc)  # transformers re-raises a parse error as "not a valid JSON file"
-        detail = " ".join(str(root).replace(str(link), src.name).split())[:200]
-        raise InvalidCheckpointError(src, f"transformers {what} ({type(root).__name__}: {detail}): "
-                                     f"the file is damaged or of a variant this import does not handle") from exc  # fmt: skip
-
-
-def _root_cause(exc: BaseException) -> BaseException:
-    for _ in range(8):
-        inner = exc.__cause__ or exc.__context__
-        if inner is None:
-            break
-        exc = inner
-    return exc
-
-
-# --- provenance, files ------------------------------------------------------------------------
+        write_json(path, data)
 
 
 def _provenance(header: GgufHeader, sha256: str, res: GgufImport) -> dict[str, Any]:
@@ -382,75 +331,3 @@ def _provenance(header: GgufHeader, sha256: str, res: GgufImport) -> dict[str, A
     }  # fmt: skip
 
 
-def _check_out(src: Path, out: Path, force: bool) -> None:
-    if out.is_symlink() or (out.exists() and not out.is_dir()):
-        raise AlreadyExistsError(f"{out} exists and is not a folder: choose another output folder")
-    if out.is_dir() and any(out.iterdir()):
-        if not force:
-            raise AlreadyExistsError(
-                f"{out} exists and is not empty: pass --force (force=True) to replace it"
-            )
-        if out.resolve() in src.resolve().parents:
-            raise InvalidInputError(
-                f"{src} lies inside {out}, which --force would delete: choose another folder"
-            )
-
-
-def _sha256(path: Path) -> tuple[str, tuple[int, int, int]]:
-    """The file's sha256, and its (size, mtime, inode) from before hashing began."""
-    before = _stat_key(path)
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_HASH_CHUNK):
-            h.update(chunk)
-    return h.hexdigest(), before
-
-
-def _stat_key(path: Path) -> tuple[int, int, int]:
-    st = path.stat()
-    return st.st_size, st.st_mtime_ns, st.st_ino
-
-
-def _write_json(path: Path, data: object) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-
-
-def _fsync_tree(root: Path) -> None:
-    # mkdtemp made the folder 0700 and some writers make 0600 files: the result is an ordinary folder.
-    root.chmod(0o755)
-    for p in sorted(root.rglob("*")):
-        if p.is_file():
-            p.chmod(0o644)
-            with open(p, "rb") as f:
-                os.fsync(f.fileno())
-    _fsync_dir(root)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _place(tmp: Path, out: Path, force: bool) -> None:
-    old: Path | None = None
-    if out.is_dir() and any(out.iterdir()):
-        if not force:  # another writer got there first
-            raise AlreadyExistsError(
-                f"{out} exists and is not empty: pass --force (force=True) to replace it"
-            )
-        old = out.with_name(f".{out.name}.replaced-{uuid.uuid4().hex[:8]}")
-        os.replace(out, old)
-    try:
-        os.replace(tmp, out)  # onto nothing, or onto an empty folder
-    except OSError as exc:
-        if old is not None:
-            os.replace(old, out)
-        raise AlreadyExistsError(
-            f"{out} could not be created ({exc.strerror or exc}): is another import writing it?"
-        ) from exc
-    _fsync_dir(out.parent)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
