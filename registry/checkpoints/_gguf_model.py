@@ -5,7 +5,14 @@ from __future__ import annotations
 import re
 
 from ..errors import InvalidCheckpointError
-from ._gguf_header import _RECREATE, SUPPORTED_ARCHITECTURES, GgufHeader, ModelSpec
+from ._gguf_header import (
+    _RECREATE,
+    _STRING,
+    SUPPORTED_ARCHITECTURES,
+    GgufArray,
+    GgufHeader,
+    ModelSpec,
+)
 
 
 def check_model(h: GgufHeader) -> ModelSpec:
