@@ -12,6 +12,7 @@ from registry.catalog import db
 from ._app import App, pass_app
 from ._errors import CHECK_FAILED
 from ._output import human_bytes, short
+from .gguf_cmds import import_gguf_cmd
 
 
 @click.command()
@@ -139,5 +140,7 @@ def family_show(app: App, ref: str) -> None:
         [[k, v] for k, v in rec.to_json().items() if k != "layer_templates"]
         + [["layer_templates", "\n".join(rec.layer_templates)]]))
 
+
+model_group.add_command(import_gguf_cmd)
 
 COMMANDS = [init, db_group, model_group, family_group]
