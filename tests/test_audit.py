@@ -19,7 +19,7 @@ from registry.catalog import models as m
 from registry.errors import IntegrityCheckError
 
 AUDIT_FIELDS = ["kind", "actor", "tool_version", "created_at", "vector_hash", "target_hash", "output_hash",
-                "payload_json", "prev_hash", "entry_hash", "uid"]
+                "payload_json", "prev_hash", "entry_hash", "uid", "signer", "signature", "hash_version"]
 
 
 @pytest.fixture
@@ -53,6 +53,8 @@ def test_editing_any_field_is_detected(chain_reg: Registry, field: str) -> None:
         tampered = original.replace("0.5", "0.9")
     if original is None:
         tampered = "f" * 64
+    if field == "hash_version":  # pretend an event predates the signer's coverage
+        tampered = 1
     _edit(chain_reg, 2, **{field: tampered})
     problems = chain_reg.audit_verify().problems
     assert problems and "seq 2" in problems[0], (field, problems)
@@ -244,4 +246,15 @@ def test_signed_events(tmp_path: Path, db_url: str, tiny_models: dict[str, Path]
     _edit(reg, 1, signature=sig[:-2] + ("00" if sig[-2:] != "00" else "11"))
     rep = reg.audit_verify()
     assert not rep.ok and "signature does not verify" in rep.problems[0]
+    _edit(reg, 1, signature=sig)
+    assert reg.audit_verify().ok
+    # stripping: the signer is covered by the entry hash, so removing the signature shows without any key
+    signer = reg.read(lambda s: s.scalar(select(m.AuditEvent.signer).where(m.AuditEvent.seq == 2)))
+    _edit(reg, 2, signer=None, signature=None)
+    rep = reg.audit_verify()
+    assert not rep.ok and "seq 2" in rep.problems[0] and "entry_hash" in rep.problems[0], rep.problems
+    # ... and so does swapping in another signer (with that key's valid signature, it would still break the hash)
+    _edit(reg, 2, signer="ab" * 32, signature=None)
+    assert not reg.audit_verify().ok
+    _edit(reg, 2, signer=signer)
     reg.close()

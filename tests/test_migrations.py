@@ -114,3 +114,47 @@ def test_opening_a_catalog_at_head_does_not_load_alembic(tmp_path: Path) -> None
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "home")], capture_output=True, text=True,
                          check=True, cwd=Path(__file__).resolve().parent.parent).stdout  # fmt: skip
     assert out.strip() == "[]"
+
+
+def test_events_from_before_0004_still_verify_and_new_ones_cover_the_signer(tmp_path: Path,
+                                                                            tiny_models: dict[str, Path]) -> None:
+    """A catalog written at 0003 (entry hashes without the signer) upgrades to head with its chain intact."""
+    from sqlalchemy import select, update
+
+    from registry.audit import chain
+    from registry.catalog import models as m
+
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    engine = db.create_catalog_engine(url)
+    db.upgrade(engine, "0003")
+    engine.dispose()
+    # two events as revision 0003 wrote them: version-1 entry hashes (the signer not covered)
+    from sqlalchemy import text
+
+    prev = chain.GENESIS
+    engine = db.create_catalog_engine(url)
+    for seq in (1, 2):
+        row = m.AuditEvent(seq=seq, uid=f"00000000-0000-0000-0000-00000000000{seq}", kind="note", actor="t",
+                           tool_version="0.1.0", created_at=f"2026-11-2{seq}T00:00:00", vector_hash=None,
+                           target_hash=None, output_hash=None, payload_json='{"i":1}', prev_hash=prev,
+                           hash_version=1, signer=None, signature=None)
+        row.entry_hash = chain.entry_hash(row)
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO audit_events (seq, uid, kind, actor, tool_version, created_at, payload_json, "
+                              "prev_hash, entry_hash) VALUES (:seq, :uid, 'note', 't', '0.1.0', :at, :p, :prev, :h)"),
+                         {"seq": seq, "uid": row.uid, "at": row.created_at, "p": row.payload_json, "prev": prev,
+                          "h": row.entry_hash})
+        prev = row.entry_hash
+    engine.dispose()
+    assert db.current_revision(db.create_catalog_engine(url)) == "0003"
+    db.upgrade(db.create_catalog_engine(url))
+    reg = Registry.open(tmp_path / "home", url)
+    reg.catalog.transaction(lambda s: chain.append_event(s, "note", {"i": 2}, actor="t"))
+    versions = reg.read(lambda s: list(s.scalars(select(m.AuditEvent.hash_version).order_by(m.AuditEvent.seq))))
+    assert versions == [1, 1, 2]
+    assert reg.audit_verify().ok
+    # a version-1 event's signer is not covered (the documented limit of old events); a version-2 one's is
+    reg.transaction(lambda s: s.execute(update(m.AuditEvent).where(m.AuditEvent.seq == 3).values(signer="ab" * 32)))
+    assert not reg.audit_verify().ok
+    reg.close()
+

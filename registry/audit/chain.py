@@ -2,8 +2,10 @@
 
 Each event stores ``prev_hash`` (the previous event's ``entry_hash``, or 64
 zeros for the first) and ``entry_hash = sha256(canonical JSON of the row ‖
-prev_hash)``. Editing any field, deleting or reordering rows breaks the chain
-at the first altered entry. Appends are serialized (SQLite: the write lock
+prev_hash)``; the row includes who signed it (``signer``, from hash version 2
+on: events written before migration 0004 keep version 1), and the signature
+signs the entry hash. Editing any field, stripping or swapping a signature,
+deleting or reordering rows breaks the chain at the first altered entry. Appends are serialized (SQLite: the write lock
 ``BEGIN IMMEDIATE`` already holds; PostgreSQL: a transaction-scoped advisory
 lock) so the chain stays linear under concurrent writers.
 
@@ -26,7 +28,7 @@ from sqlalchemy.orm import Session
 from .._version import __version__
 from ..catalog import models as m
 from ..catalog.db import AUDIT_LOCK_KEY
-from .signing import event_signature_ok, sign_event
+from .signing import event_signature_ok, public_hex, sign_event
 
 GENESIS = "0" * 64
 
@@ -35,8 +37,11 @@ def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
+HASH_VERSION = 2  # what new events are written with (see _row_fields)
+
+
 def _row_fields(row: m.AuditEvent) -> dict[str, Any]:
-    return {
+    fields = {
         "seq": row.seq,
         "uid": row.uid,
         "kind": row.kind,
@@ -48,6 +53,9 @@ def _row_fields(row: m.AuditEvent) -> dict[str, Any]:
         "output_hash": row.output_hash,
         "payload": json.loads(row.payload_json),
     }
+    if row.hash_version != 1:  # version 2 also covers who signed, and the version itself
+        fields.update(hash_version=row.hash_version, signer=row.signer)
+    return fields
 
 
 def entry_hash(row: m.AuditEvent) -> str:
@@ -90,6 +98,8 @@ def append_event(
         output_hash=output_hash,
         payload_json=canonical_json(payload),
         prev_hash=last.entry_hash if last else GENESIS,
+        hash_version=HASH_VERSION,
+        signer=public_hex(sign_key) if sign_key is not None else None,
     )
     row.entry_hash = entry_hash(row)
     if sign_key is not None:
@@ -125,6 +135,8 @@ def verify_chain(session: Session, *, verify_key: str | None = None) -> ChainRep
             issue = f"event seq {row.seq} (id {row.id}): expected seq {expected_seq}; an entry was deleted or reordered"
         elif row.prev_hash != prev:
             issue = f"event seq {row.seq} (id {row.id}): prev_hash does not match the entry before it"
+        elif row.hash_version not in (1, HASH_VERSION):
+            issue = f"event seq {row.seq} (id {row.id}): unknown hash_version {row.hash_version} (edited?)"
         elif entry_hash(row) != row.entry_hash:
             issue = f"event seq {row.seq} (id {row.id}): contents do not match its entry_hash (edited)"
         else:

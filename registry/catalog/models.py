@@ -189,6 +189,10 @@ class AuditEvent(Base):
     payload_json: Mapped[str] = mapped_column(Text)
     prev_hash: Mapped[str] = mapped_column(HASH)
     entry_hash: Mapped[str] = mapped_column(HASH, unique=True)
-    # Optional Ed25519 signature over entry_hash (not part of it): who vouches for the entry.
+    # 1: entry_hash covers the row without signer (events from before revision 0004);
+    # 2: it also covers hash_version and signer, so a signature cannot be stripped unseen.
+    hash_version: Mapped[int] = mapped_column(Integer, server_default="1")
+    # Optional Ed25519 signature over entry_hash: who vouches for the entry (signer is
+    # covered by entry_hash from hash_version 2 on; the signature signs entry_hash).
     signer: Mapped[str | None] = mapped_column(String(64), nullable=True)
     signature: Mapped[str | None] = mapped_column(String(128), nullable=True)
