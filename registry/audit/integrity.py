@@ -129,6 +129,7 @@ class Integrity:
         chain = self.audit.verify(verify_key=verify_key)
         problems += chain.problems
         problems += self.audit.check_vector_states()
+        problems += self.audit.check_recalibrations()
         return VerifyReport(not problems, problems, len(on_disk), chain.length, removable)
 
     def gc(self, *, dry_run: bool = False, temp_age_s: float = 3600.0) -> GcReport:

@@ -21,6 +21,7 @@ from ..catalog.queries import resolve_checkpoint, resolve_family, resolve_vector
 from ..catalog.records import AuditRecord
 from ..catalog.service import Catalog, current_actor
 from ..errors import EventNotFoundError, InvalidInputError
+from .attest import check_recalibrations
 from .chain import ChainReport, append_event, check_vector_states, verify_chain
 from .signing import load_key, public_hex
 
@@ -143,6 +144,10 @@ class AuditLog:
     def check_vector_states(self) -> list[str]:
         """Problems where a vector's layer table differs from what its last audit event recorded."""
         return self.catalog.read(check_vector_states)
+
+    def check_recalibrations(self) -> list[str]:
+        """Problems where a cached fit's coefficients differ from what its audit event recorded."""
+        return self.catalog.read(check_recalibrations)
 
 
 def _vector_hash(session: Session, ref: str) -> str:

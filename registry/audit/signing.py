@@ -49,14 +49,21 @@ def sign_event(key: Any, entry_hash: str) -> tuple[str, str]:
     return public_hex(key), key.sign(EVENT_CONTEXT + entry_hash.encode()).hex()
 
 
-def event_signature_ok(signer: str, signature: str, entry_hash: str) -> bool:
+def signature_ok(signer: str, signature: bytes, message: bytes) -> bool:
+    """Whether ``signature`` is the Ed25519 signature of ``message`` by the public key ``signer`` (hex)."""
     _, ed = _ed25519()
     from cryptography.exceptions import InvalidSignature
 
     try:
-        ed.Ed25519PublicKey.from_public_bytes(bytes.fromhex(signer)).verify(
-            bytes.fromhex(signature), EVENT_CONTEXT + entry_hash.encode()
-        )
+        ed.Ed25519PublicKey.from_public_bytes(bytes.fromhex(signer)).verify(signature, message)
     except (InvalidSignature, ValueError):
         return False
     return True
+
+
+def event_signature_ok(signer: str, signature: str, entry_hash: str) -> bool:
+    try:
+        raw = bytes.fromhex(signature)
+    except ValueError:
+        return False
+    return signature_ok(signer, raw, EVENT_CONTEXT + entry_hash.encode())

@@ -40,9 +40,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from ..audit.signing import _ed25519
 from ..audit.signing import load_key as _load_key
 from ..audit.signing import public_hex as _public_hex
+from ..audit.signing import signature_ok
 from ..errors import IntegrityCheckError, InvalidInputError
 from ..store.blobs import fsync_path, sha256_hex
 from ._bundle_manifest import (
@@ -138,12 +138,7 @@ def layer_summary(layers: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _check_signature(signer: str, signature: bytes, mhash: str) -> None:
-    _, ed = _ed25519()
-    from cryptography.exceptions import InvalidSignature
-
-    try:
-        ed.Ed25519PublicKey.from_public_bytes(bytes.fromhex(signer)).verify(signature, SIGN_CONTEXT + mhash.encode())
-    except (InvalidSignature, ValueError):
+    if not signature_ok(signer, signature, SIGN_CONTEXT + mhash.encode()):
         raise IntegrityCheckError(f"the bundle's signature does not verify with its signer key {signer[:16]}…; "
                                   "the bundle was altered") from None  # fmt: skip
 

@@ -22,6 +22,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from ..audit.attest import RECALIBRATE_EVENT, attested, coefficients_digest
 from ..audit.chain import canonical_json, vector_state_digest
 from ..audit.log import AuditLog
 from ..catalog import models as m
@@ -230,6 +231,10 @@ class Recalibrator:
                 settings_hash=settings_hash, settings_json=canonical_json(cfg),
                 coefficients_json=canonical_json(coefs),
                 losses_json=json.dumps({"curve": fit.losses, "terms": fit.terms}), seconds=fit.seconds))  # fmt: skip
+            # The chain covers the cached λ: a later cache hit is checked against this digest.
+            self.audit.append(session, RECALIBRATE_EVENT, {
+                "shots_hash": shots_hash, "settings_hash": settings_hash,
+                "coefficients_digest": coefficients_digest(coefs)}, vector_hash=vec.hash, target_hash=target_hash)
             return RecalibrationResult(vec.name, target_hash, shots_hash, coefs, fit.losses,
                                        fit.seconds, False, cfg)  # fmt: skip
 
@@ -241,8 +246,8 @@ class Recalibrator:
                 select(m.Recalibration).join(m.Vector).where(
                     m.Vector.hash == vec.hash, m.Recalibration.target_hash == target_hash,
                     m.Recalibration.shots_hash == shots_hash, m.Recalibration.settings_hash == settings_hash))  # fmt: skip
-            if row is None:
-                return None
+            if row is None or not attested(session, vec.hash, row):
+                return None  # a fit no audit event vouches for (older than the check) is fitted again
             return RecalibrationResult(vec.name, target_hash, shots_hash, json.loads(row.coefficients_json),
                                        json.loads(row.losses_json)["curve"], row.seconds, True,
                                        json.loads(row.settings_json))  # fmt: skip
@@ -254,10 +259,11 @@ class Recalibrator:
 
         def q(session: Session) -> str | None:
             row = resolve_vector(session, vec.hash)
-            return session.scalar(
-                select(m.Recalibration.coefficients_json)
+            fits = session.scalars(
+                select(m.Recalibration)
                 .where(m.Recalibration.vector_id == row.id, m.Recalibration.target_hash == target_hash)
-                .order_by(m.Recalibration.created_at.desc(), m.Recalibration.id.desc()).limit(1))  # fmt: skip
+                .order_by(m.Recalibration.created_at.desc(), m.Recalibration.id.desc()))  # fmt: skip
+            return next((f.coefficients_json for f in fits if attested(session, vec.hash, f)), None)
 
         found = self.catalog.read(q)
         return None if found is None else {str(k): float(v) for k, v in json.loads(found).items()}
