@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from registry.errors import InvalidInputError
+from registry.exchange.bundle_format import DEFAULT_MAX_BYTES
 
 from ._app import App, pass_app
 from ._output import human_bytes, short
@@ -66,8 +67,11 @@ def vector_export(app: App, name: str, out: Path, fmt: str, target: Path | None,
 @click.option("--name", help="Catalog name (bundle default: the name in the bundle; required for PEFT).")
 @click.option("--base", type=DIR, help="PEFT: the base checkpoint folder the adapter is for.")
 @click.option("--verify-key", type=PEM, help="bundle: require a signature by this Ed25519 public key (PEM).")
+@click.option("--max-gib", type=click.FloatRange(min=0.0, min_open=True), default=DEFAULT_MAX_BYTES / (1 << 30),
+              show_default=True, help="bundle: refuse one whose tensors decode to more than this many GiB in all.")
 @pass_app
-def vector_import(app: App, path: Path, name: str | None, base: Path | None, verify_key: Path | None) -> None:
+def vector_import(app: App, path: Path, name: str | None, base: Path | None, verify_key: Path | None,
+                  max_gib: float) -> None:  # fmt: skip
     """Register a vector from a bundle file or a PEFT LoRA adapter folder (verified first)."""
     reg = app.registry()
     if path.is_dir():
@@ -78,7 +82,7 @@ def vector_import(app: App, path: Path, name: str | None, base: Path | None, ver
     else:
         if base is not None:
             raise InvalidInputError("--base applies to PEFT adapter folders only")
-        rec = reg.import_bundle(path, name=name, verify_key=verify_key)
+        rec = reg.import_bundle(path, name=name, verify_key=verify_key, max_bytes=int(max_gib * (1 << 30)))
     app.out.emit(vector_json(rec), lambda: app.out.console.print(
         f"imported {rec.name} ({short(rec.hash)}) from {rec.meta.get('source')}: {len(rec.layers)} slices, "
         f"{len(rec.selected_layers)} selected"))  # fmt: skip

@@ -215,14 +215,24 @@ def test_path_traversal_and_lying_sizes(bundles: dict[str, Path], sqlite_reg: Re
     struct.pack_into("<Q", raw, size_at, 1 << 40)
     cases["entry-size"] = (bytes(raw), InvalidInputError, "claims")
     man = json.loads(plain[0][1])
-    man["blobs"][0]["raw_size"] = 64  # a lying decoded size: the codec must not decode past it
-    cases["raw-size"] = (_pack(_rehash(plain, man)), IntegrityCheckError, "claims")
+    man["blobs"][0]["raw_size"] = 64  # a lying decoded size: refused from the declared shapes, before decoding
+    cases["raw-size"] = (_pack(_rehash(plain, man)), InvalidInputError, "claims 64 bytes")
+    man = json.loads(plain[0][1])
+    man["blobs"][0]["raw_size"] = 1 << 34  # a small bundle claiming a huge (16 GiB) slice: nothing is allocated
+    cases["huge-slice"] = (_pack(_rehash(plain, man)), InvalidInputError, "declared tensors hold")
+    man = json.loads(plain[0][1])  # huge declared shapes with a matching size: the default cap refuses them
+    first = man["layers"][0]
+    for n in first["tensor_names"]:
+        man["vector"]["meta"]["shapes"][n] = [1 << 20, 1 << 15]
+    blob = next(b for b in man["blobs"] if b["sha256"] == first["blob"])
+    blob["raw_size"] = 4 * len(first["tensor_names"]) * (1 << 35) + 512
+    cases["huge-shapes"] = (_pack(_rehash(plain, man)), InvalidInputError, "more than the")
     man = json.loads(plain[0][1])
     man["vector"]["hash"] = "0" * 64
     cases["vector-hash"] = (_pack(_rehash(plain, man)), IntegrityCheckError, "vector hash")
     man = json.loads(plain[0][1])
     man["vector"]["meta"]["shapes"] = {k: [1] for k in man["vector"]["meta"]["shapes"]}
-    cases["shapes"] = (_pack(_rehash(plain, man)), IntegrityCheckError, "shapes")
+    cases["shapes"] = (_pack(_rehash(plain, man)), InvalidInputError, "declared tensors hold")
     man = json.loads(plain[0][1])
     man["blobs"][0]["codec"] = "zstd-from-a-newer-release"
     cases["codec"] = (_pack(_rehash(plain, man)), InvalidInputError, "cannot read; upgrade safegene")

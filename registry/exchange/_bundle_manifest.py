@@ -82,6 +82,43 @@ def check_blob_list(man: dict[str, Any], max_bytes: int) -> None:
         raise InvalidInputError(f"bundle blobs decode to {total} bytes, more than the {max_bytes} allowed")
 
 
+_ESIZE = {"fp32": 4, "bf16": 2}
+_HEADER_SLACK = 1024  # a slice payload's safetensors header: a few hundred bytes per tensor, at most
+
+
+def check_declared_sizes(man: dict[str, Any]) -> None:
+    """Each blob's raw size must be what the vector's declared shapes and encoding make it.
+
+    Checked before any blob is read or decoded, so a bundle cannot make the
+    importer allocate more than its tensors could ever hold (a manifest that
+    merely claims a large ``raw_size`` is refused here).
+
+    Raises:
+        InvalidInputError: undeclared shapes, or a blob whose size its tensors do not explain.
+    """
+    vec = man["vector"]
+    _need(vec, {"encoding": str, "meta": dict}, "vector")
+    shapes, esize = vec["meta"].get("shapes"), _ESIZE.get(vec["encoding"])
+    if not isinstance(shapes, dict) or esize is None:
+        raise InvalidInputError("bundle vector: tensor shapes or encoding missing or unknown")
+    sizes = {b["sha256"]: b["raw_size"] for b in man["blobs"]}
+    for pos, lay in enumerate(man["layers"]):
+        _need(lay, {"tensor_names": list, "blob": str}, "layer")
+        data = 0
+        for name in lay["tensor_names"]:
+            shape = shapes.get(name) if isinstance(name, str) else None
+            if not isinstance(shape, list) or len(shape) > 8 or not all(
+                    isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 1 << 40 for d in shape):  # fmt: skip
+                raise InvalidInputError(f"bundle layer {pos}: a tensor has no declared shape (or a malformed one)")
+            data += math.prod(shape) * esize
+        raw = sizes.get(lay["blob"])
+        if raw is None or not data <= raw <= data + _HEADER_SLACK * (1 + len(lay["tensor_names"])):
+            raise InvalidInputError(
+                f"bundle layer {pos}: its blob claims {raw} bytes, but its declared tensors hold {data}; "
+                "the manifest lies about a size"
+            )
+
+
 def check_blob(blob: dict[str, Any], stored: bytes) -> Slice:
     sha = blob["sha256"]
     if sha256_hex(stored) != blob["stored_sha256"]:

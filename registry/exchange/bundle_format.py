@@ -50,6 +50,7 @@ from ._bundle_manifest import (
     Slice,
     check_blob,
     check_blob_list,
+    check_declared_sizes,
     check_layers,
     parse_manifest,
 )
@@ -58,7 +59,7 @@ MAGIC = b"SGBUNDLE"
 MANIFEST, MANIFEST_HASH, SIGNATURE, BLOB_PREFIX = "manifest.json", "manifest.sha256", "signature.ed25519", "blobs/"
 SIGN_CONTEXT = b"safegene-bundle-v1\n"
 MAX_MANIFEST_BYTES = 64 << 20
-DEFAULT_MAX_BYTES = 1 << 41  # 2 TiB of decoded payload in all
+DEFAULT_MAX_BYTES = 64 << 30  # 64 GiB of decoded payload in all: a 7B model's fp32 block deltas fit twice; larger ones pass --max-bytes
 _HEAD = struct.Struct("<8sI")
 _NAME_LEN, _SIZE = struct.Struct("<H"), struct.Struct("<Q")
 _SAFE_ENTRY = re.compile(r"^[A-Za-z0-9_\-][A-Za-z0-9_.\-]*(/[A-Za-z0-9_\-][A-Za-z0-9_.\-]*)*$")
@@ -206,6 +207,7 @@ def read_verified(path: Path, *, verify_key: str | Path | None = None,
             raise IntegrityCheckError(f"{path}: the manifest does not match its recorded hash; the bundle was altered")
         man = parse_manifest(body)
         check_blob_list(man, max_bytes)
+        check_declared_sizes(man)
         signer = man["signer"]
         if expected_key is not None and signer != expected_key:
             raise IntegrityCheckError("the bundle is not signed" if signer is None else
