@@ -25,20 +25,24 @@ PEM = click.Path(dir_okay=False, exists=True, path_type=Path)
 @click.option("--target", type=DIR, help="peft: use the cached recalibration for this checkpoint.")
 @click.option("--base", type=DIR, help="peft: a checkpoint of the family to read module types from.")
 @click.option("--rank", type=click.IntRange(min=1), help="peft: fixed LoRA rank (overrides --energy).")
-@click.option("--energy", type=click.FloatRange(0.0, 1.0, min_open=True), default=0.99, show_default=True,
-              help="peft: keep this share of each module's spectral energy.")
+@click.option("--energy", type=click.FloatRange(0.0, 1.0, min_open=True),
+              help="peft: keep this share of each module's spectral energy (default: the smallest share whose "
+                   "adapter behaves like the patch on the vector's shots).")
+@click.option("--lossy", is_flag=True, help="peft: write the adapter even when --rank/--energy make it behave "
+                                            "unlike the patch (KL above tolerance).")
 @click.option("--skip-unsupported", is_flag=True, help="peft: leave out tensors that cannot be LoRA targets.")
 @click.option("--sign-key", type=PEM, help="bundle: sign with this Ed25519 private key (PEM).")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 @pass_app
 def vector_export(app: App, name: str, out: Path, fmt: str, target: Path | None, base: Path | None,
-                  rank: int | None, energy: float, skip_unsupported: bool, sign_key: Path | None,
-                  force: bool) -> None:  # fmt: skip
+                  rank: int | None, energy: float | None, lossy: bool, skip_unsupported: bool,
+                  sign_key: Path | None, force: bool) -> None:  # fmt: skip
     """Write vector NAME to OUT as a bundle file or a PEFT LoRA adapter folder."""
     reg = app.registry()
     if fmt == "bundle":
-        if target or base or rank or skip_unsupported:
-            raise InvalidInputError("--target, --base, --rank and --skip-unsupported apply to --format peft only")
+        if target or base or rank or energy or lossy or skip_unsupported:
+            raise InvalidInputError("--target, --base, --rank, --energy, --lossy and --skip-unsupported apply to "
+                                    "--format peft only")  # fmt: skip
         info = reg.export_bundle(name, out, sign_key=sign_key, force=force)
         app.out.emit(info.to_json(), lambda: app.out.console.print(
             f"wrote bundle {info.path} ({human_bytes(info.size)}): {info.vector} ({short(info.hash)}), "
@@ -47,12 +51,21 @@ def vector_export(app: App, name: str, out: Path, fmt: str, target: Path | None,
         return
     if sign_key:
         raise InvalidInputError("--sign-key applies to --format bundle only")
-    res = reg.export_peft(name, out, target=target, base=base, rank=rank, energy=energy,
+    res = reg.export_peft(name, out, target=target, base=base, rank=rank, energy=energy, lossy=lossy,
                           skip_unsupported=skip_unsupported, force=force)  # fmt: skip
 
     def human() -> None:
         app.out.console.print(f"wrote LoRA adapter {res.path}: {res.vector} ({short(res.hash)}), r={res.r}, "
                               f"max relative error {res.max_relative_error:.3g}")  # fmt: skip
+        b = res.behaviour
+        if not b.get("checked"):
+            app.out.console.print("behaviour: not checked (no shots recorded for this vector); exported at the "
+                                  "numerical rank" if rank is None and energy is None else
+                                  "behaviour: not checked (no shots recorded for this vector)")  # fmt: skip
+        else:
+            verdict = "within" if b["within_tolerance"] else "[bold red]ABOVE[/] (--lossy)"
+            app.out.console.print(f"behaviour: KL to the patch {b['kl']:.2g} nats/token on {b['shots']} shots, "
+                                  f"{verdict} tolerance {b['tolerance']}")  # fmt: skip
         app.out.table(None, ["module", "λ", "rank", "energy", "rel. error"],
                       [[mod.module, f"{mod.coefficient:.4g}", f"{mod.rank}/{mod.full_rank}", f"{mod.energy:.4f}",
                         f"{mod.relative_error:.3g}"] for mod in res.modules])  # fmt: skip

@@ -242,12 +242,12 @@ class Registry:
         return self.exchange.verify_bundle(path, verify_key=verify_key, max_bytes=max_bytes)
 
     def export_peft(self, ref: str, out: str | Path, *, target: str | Path | None = None,
-                    base: str | Path | None = None, rank: int | None = None, energy: float = 0.99,
+                    base: str | Path | None = None, rank: int | None = None, energy: float | None = None,
                     coefficients: Mapping[str, float] | None = None, skip_unsupported: bool = False,
-                    force: bool = False) -> PeftExport:  # fmt: skip
+                    force: bool = False, lossy: bool = False) -> PeftExport:  # fmt: skip
         return self.exchange.export_peft(ref, out, target=target, base=base, rank=rank, energy=energy,
                                          coefficients=coefficients, skip_unsupported=skip_unsupported,
-                                         force=force)  # fmt: skip
+                                         force=force, lossy=lossy)  # fmt: skip
 
     def import_peft(self, path: str | Path, *, name: str, base: str | Path) -> VectorRecord:
         return self.exchange.import_peft(path, name=name, base=base)

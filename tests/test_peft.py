@@ -75,7 +75,8 @@ def test_full_energy_export_merges_to_our_patch(world: tuple[Registry, ToyWorld]
 def test_truncated_export_is_within_recorded_error(world: tuple[Registry, ToyWorld], tmp_path: Path) -> None:
     reg, w = world
     target = w.task_model(w.tasks[0])
-    res = reg.export_peft("safety", tmp_path / "lora", target=target, energy=0.9)
+    res = reg.export_peft("safety", tmp_path / "lora", target=target, energy=0.9, lossy=True)
+    assert res.behaviour["checked"] and res.behaviour["shots"] == 8 and res.behaviour["kl"] > 0
     recal = json.loads((tmp_path / "lora" / "safegene_export.json").read_text())
     assert recal["errors"] == res.errors and recal["safegene"]["target"] == res.target
     assert set(res.coefficients) == {"0", "1"} and res.coefficients != {"0": 1.0, "1": 1.0}
@@ -93,6 +94,30 @@ def test_truncated_export_is_within_recorded_error(world: tuple[Registry, ToyWor
         delta = ours - base.get_tensor(mod.tensor)
         measured = float((merged[mod.tensor] - ours).norm() / delta.norm())
         assert measured == pytest.approx(mod.relative_error, rel=1e-3, abs=1e-6), mod.module
+
+
+def test_default_rank_behaves_like_the_patch_and_a_lossy_one_is_refused(world: tuple[Registry, ToyWorld],
+                                                                        tmp_path: Path) -> None:
+    """Issue 19.10: the default export is judged by behaviour (KL to the patch on the shots), not matrix error."""
+    from registry.exchange.peft_check import KL_TOLERANCE
+
+    reg, w = world
+    target = w.task_model(w.tasks[0])
+    res = reg.export_peft("safety", tmp_path / "auto", target=target)
+    b = res.behaviour
+    assert b["checked"] and b["shots"] == 8 and b["within_tolerance"] and b["kl"] <= KL_TOLERANCE
+    assert b["energy"] in (0.99, 0.999, 0.9999, 1.0)
+    sidecar = json.loads((tmp_path / "auto" / "safegene_export.json").read_text())
+    assert sidecar["behaviour"] == b and sidecar["safegene"]["energy"] == b["energy"]
+    # a rank far too small for this vector: refused, nothing written
+    with pytest.raises(InvalidInputError, match="does not behave like the patch"):
+        reg.export_peft("safety", tmp_path / "r1", target=target, rank=1)
+    assert not (tmp_path / "r1").exists()
+    lossy = reg.export_peft("safety", tmp_path / "r1", target=target, rank=1, lossy=True)
+    assert not lossy.behaviour["within_tolerance"] and lossy.behaviour["kl"] > KL_TOLERANCE
+    res = CliRunner().invoke(cli, ["--home", str(reg.home), "vector", "export", "safety", str(tmp_path / "cli"),
+                                   "--format", "peft", "--target", str(target)])
+    assert res.exit_code == 0 and "behaviour: KL to the patch" in res.stdout and "within" in res.stdout, res.output
 
 
 def test_fixed_rank_and_refusals(world: tuple[Registry, ToyWorld], tmp_path: Path) -> None:

@@ -74,6 +74,8 @@ class PeftExport:
     modules: list[ModuleExport]
     skipped: list[str] = field(default_factory=list)
     format: str = "peft"
+    # KL to the patch on the shots: {"checked", "kl", "tolerance", "shots", "energy", "within_tolerance"}
+    behaviour: dict[str, Any] = field(default_factory=dict)
 
     @property
     def errors(self) -> dict[str, float]:

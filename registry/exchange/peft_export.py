@@ -18,12 +18,16 @@ from typing import Any
 
 import torch
 from safetensors.torch import save as st_save
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
-from ..catalog.records import VectorRecord
+from ..catalog import models as m
+from ..catalog.records import LayerRecord, VectorRecord
 from ..catalog.service import Catalog
 from ..checkpoints.family import family_key
 from ..checkpoints.reader import Checkpoint
 from ..errors import AlreadyExistsError, IncompatibleError, InvalidInputError
+from ..evaluation.probes import Probe
 from ..method.pipeline import Recalibrator, layer_key
 from ..method.vectors import Vectors
 from ..store.atomic import is_adapter_folder, prepare_output, publish
@@ -38,15 +42,16 @@ from .peft import (
     PeftExport,
     module_kinds,
 )
+from .peft_check import KL_TOLERANCE, behaviour_gap
 
 _F64_MAX_NUMEL = 1 << 24
 
 
 def export_peft(catalog: Catalog, vectors: Vectors, recalibrator: Recalibrator, ref: str, out: str | Path, *,
                 target: str | Path | None = None,
-                base: str | Path | None = None, rank: int | None = None, energy: float = 0.99,
+                base: str | Path | None = None, rank: int | None = None, energy: float | None = None,
                 coefficients: Mapping[str, float] | None = None, skip_unsupported: bool = False,
-                force: bool = False) -> PeftExport:  # fmt: skip
+                force: bool = False, lossy: bool = False) -> PeftExport:  # fmt: skip
     """Write a vector's coefficient-scaled selected layers as a PEFT LoRA adapter.
 
     Args:
@@ -62,22 +67,29 @@ def export_peft(catalog: Catalog, vectors: Vectors, recalibrator: Recalibrator, 
             (default: ``target``, else the vector's aligned/degraded checkpoint).
         rank: fixed rank for every module (capped at its full rank); overrides ``energy``.
         energy: keep the smallest rank whose singular values hold this share of Σσ².
+            Default (None): the smallest of 0.99, 0.999, 0.9999 and the numerical
+            rank whose adapter *behaves* like the patch on the vector's shots
+            (:mod:`.peft_check`); with no shots recorded, the numerical rank.
         coefficients: explicit ``{layer key: λ}``; overrides the two defaults above.
         skip_unsupported: leave out tensors that cannot be LoRA targets (listed
             in ``skipped``) instead of refusing.
         force: replace an existing ``out``.
+        lossy: write an adapter whose behaviour check fails (a fixed ``rank`` or
+            ``energy`` too small), instead of refusing.
 
     Returns:
-        The export, with per-module rank and relative reconstruction error.
+        The export, with per-module rank, relative reconstruction error and the
+        behaviour check (``behaviour``: KL to the patch on the shots, tolerance).
 
     Raises:
-        InvalidInputError: bad rank/energy, no cached recalibration, nothing selected.
+        InvalidInputError: bad rank/energy, no cached recalibration, nothing selected,
+            or a fixed rank/energy whose adapter does not behave like the patch (without ``lossy``).
         IncompatibleError: the target or base does not fit, or a tensor cannot be a LoRA target.
         AlreadyExistsError: ``out`` exists and ``force`` is false (or is not an adapter folder).
     """
     if rank is not None and rank < 1:
         raise InvalidInputError(f"--rank must be at least 1, got {rank}")
-    if not 0.0 < energy <= 1.0:
+    if energy is not None and not 0.0 < energy <= 1.0:
         raise InvalidInputError(f"--energy must be in (0, 1], got {energy}")
     out_path = Path(out)
     if out_path.exists() and not force:
@@ -98,8 +110,50 @@ def export_peft(catalog: Catalog, vectors: Vectors, recalibrator: Recalibrator, 
     if len({k for k in kinds.values() if k in TARGET_KINDS}) > 1:
         raise IncompatibleError("the vector mixes nn.Linear and Conv1D targets; one PEFT adapter "
                                 "has a single fan_in_fan_out setting", sorted(kinds))  # fmt: skip
-    tensors: dict[str, torch.Tensor] = {}
+    shots = _check_shots(catalog, vec, target_hash)
+    fixed = rank is not None or energy is not None
+    levels: list[float | None] = [energy] if fixed else (list(AUTO_ENERGIES) if shots else [1.0])
+    model_dir = (target_ck or config_ck).path
+    for level in levels:
+        tensors, modules, exact, approx = _factor_layers(vectors, vec, layers, coefs, kinds, rank=rank,
+                                                         energy=1.0 if level is None else level)  # fmt: skip
+        gap = behaviour_gap(model_dir, shots, exact, approx) if shots and modules else None
+        if gap is None or gap <= KL_TOLERANCE:
+            break
+    behaviour = {"checked": gap is not None, "kl": gap, "tolerance": KL_TOLERANCE, "shots": len(shots),
+                 "energy": level if rank is None else None, "within_tolerance": gap is None or gap <= KL_TOLERANCE}
+    if gap is not None and gap > KL_TOLERANCE and not lossy:
+        raise InvalidInputError(
+            f"the adapter at {'rank ' + str(rank) if rank else 'energy ' + str(energy)} does not behave like the "
+            f"patch: KL {gap:.4f} > {KL_TOLERANCE} nats/token on {len(shots)} shots; drop --rank/--energy "
+            "(the default picks a rank that does) or pass --lossy to write it anyway"
+        )
+    if not modules:
+        raise IncompatibleError(f"vector {vec.name}: no tensor of the chosen layers can be a LoRA target", skipped)
+    r = _common_rank(modules)
+    config = _adapter_config(modules, r, str(config_ck.path))
+    result = PeftExport(str(out_path.resolve()), vec.name, vec.hash, target_hash, coefs, r, modules, skipped,
+                        behaviour=behaviour)  # fmt: skip
+    sidecar = {"safegene": {"vector": vec.name, "hash": vec.hash, "family": vec.family, "target": target_hash,
+                            "rank": rank, "energy": behaviour["energy"]},
+               **result.to_json()}  # fmt: skip
+    _write_folder(out_path, {ADAPTER_CONFIG: _dumps(config), ADAPTER_WEIGHTS: st_save(tensors),
+                             SIDECAR: _dumps(sidecar)}, force=force, lease_dir=vectors.store.tmp_dir)  # fmt: skip
+    return result
+
+
+AUTO_ENERGIES = (0.99, 0.999, 0.9999, 1.0)
+Deltas = dict[str, torch.Tensor]
+
+
+def _factor_layers(vectors: Vectors, vec: VectorRecord, layers: list[LayerRecord], coefs: dict[str, float],
+                   kinds: dict[str, str], *, rank: int | None,
+                   energy: float) -> tuple[Deltas, list[ModuleExport], Deltas, Deltas]:  # fmt: skip
+    """LoRA tensors and module facts, plus the exact and the adapter's deltas (checkpoint layout)."""
+    tensors: Deltas = {}
     modules: list[ModuleExport] = []
+    exact: Deltas = {}
+    approx: Deltas = {}
     for lay in layers:  # one slice in memory at a time
         lam, slice_ = coefs[layer_key(lay.index)], vectors.load_slices(vec, positions=[lay.position])[lay.position]
         for name in sorted(slice_):
@@ -112,17 +166,29 @@ def export_peft(catalog: Catalog, vectors: Vectors, recalibrator: Recalibrator, 
             tensors[f"{PEFT_PREFIX}{mod}.lora_A.weight"] = a
             tensors[f"{PEFT_PREFIX}{mod}.lora_B.weight"] = b
             modules.append(ModuleExport(mod, name, lay.index, lam, fan_in_fan_out=conv, **info))
-    if not modules:
-        raise IncompatibleError(f"vector {vec.name}: no tensor of the chosen layers can be a LoRA target", skipped)
-    r = _common_rank(modules)
-    config = _adapter_config(modules, r, str(config_ck.path))
-    result = PeftExport(str(out_path.resolve()), vec.name, vec.hash, target_hash, coefs, r, modules, skipped)
-    sidecar = {"safegene": {"vector": vec.name, "hash": vec.hash, "family": vec.family, "target": target_hash,
-                            "rank": rank, "energy": None if rank else energy},
-               **result.to_json()}  # fmt: skip
-    _write_folder(out_path, {ADAPTER_CONFIG: _dumps(config), ADAPTER_WEIGHTS: st_save(tensors),
-                             SIDECAR: _dumps(sidecar)}, force=force, lease_dir=vectors.store.tmp_dir)  # fmt: skip
-    return result
+            exact[name] = mat
+            approx[name] = (b @ a).T if conv else b @ a
+    return tensors, modules, exact, approx
+
+
+def _check_shots(catalog: Catalog, vec: VectorRecord, target_hash: str | None) -> list[Probe]:
+    """The shots to check behaviour on: the target's latest recalibration shots, else the vector's scoring shots."""
+
+    def q(session: Session) -> str | None:
+        if target_hash is not None:
+            shots_hash = session.scalar(
+                select(m.Recalibration.shots_hash).join(m.Vector)
+                .where(m.Vector.hash == vec.hash, m.Recalibration.target_hash == target_hash)
+                .order_by(m.Recalibration.created_at.desc(), m.Recalibration.id.desc()).limit(1))  # fmt: skip
+            if shots_hash is not None:
+                return session.scalar(select(m.ProbeSet.content).where(m.ProbeSet.hash == shots_hash))
+        scored = next((lay.probe_set for lay in vec.layers if lay.probe_set), None)
+        return session.scalar(select(m.ProbeSet.content).where(m.ProbeSet.hash == scored)) if scored else None
+
+    content = catalog.read(q)
+    if not content:
+        return []
+    return [Probe(prompt=o["prompt"], kind=o["kind"], response=o.get("response")) for o in json.loads(content)]
 
 
 def _coefficients(recalibrator: Recalibrator, vec: VectorRecord, target_hash: str | None, target: str,

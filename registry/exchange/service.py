@@ -49,15 +49,15 @@ class Exchange:
         return verify_bundle(path, verify_key=verify_key, max_bytes=max_bytes)
 
     def export_peft(self, ref: str, out: str | Path, *, target: str | Path | None = None,
-                    base: str | Path | None = None, rank: int | None = None, energy: float = 0.99,
+                    base: str | Path | None = None, rank: int | None = None, energy: float | None = None,
                     coefficients: Mapping[str, float] | None = None, skip_unsupported: bool = False,
-                    force: bool = False) -> PeftExport:  # fmt: skip
+                    force: bool = False, lossy: bool = False) -> PeftExport:  # fmt: skip
         """Write a vector as a PEFT LoRA adapter folder (see :func:`registry.exchange.peft_export.export_peft`)."""
         from .peft_export import export_peft  # imports torch
 
         return export_peft(self.catalog, self.vectors, self.recalibrator, ref, out, target=target, base=base,
                            rank=rank, energy=energy, coefficients=coefficients,
-                           skip_unsupported=skip_unsupported, force=force)  # fmt: skip
+                           skip_unsupported=skip_unsupported, force=force, lossy=lossy)  # fmt: skip
 
     def import_peft(self, path: str | Path, *, name: str, base: str | Path) -> VectorRecord:
         """Register a PEFT LoRA adapter folder as a vector (see :func:`registry.exchange.peft_import.import_peft`)."""
