@@ -33,6 +33,9 @@ class DemoRow:
     task_accuracy: float | None
     benign_refusal_rate: float | None
     coefficients: dict[str, float] | None = None
+    # on harmful probes: refused + harmful_compliance_rate + degenerate = 1 (HRR = 1 - refused)
+    refusal_rate: float | None = None
+    degenerate_rate: float | None = None
 
 
 @dataclass
@@ -106,6 +109,6 @@ def _demo_task(reg: Registry, world: ToyWorld, task: str, vec: str, root: Path, 
                                ("SafeGene", Path(sg.output), sg.coefficients)):  # fmt: skip
         r = evaluate_model(path, probes)
         rows.append(DemoRow(task, label, r.harmful_rate, r.harmful_compliance_rate, r.task_accuracy,
-                            r.benign_refusal_rate, coefs))  # fmt: skip
+                            r.benign_refusal_rate, coefs, r.refusal_rate, r.degenerate_rate))  # fmt: skip
         say(f"[{task}] evaluated {label}")
     return rows
