@@ -56,10 +56,12 @@ def vector_extract(app: App, aligned: str, degraded: str, name: str, probes: Pat
         if probes is not None:
             update(0, None, "scoring layers")
             rec = reg.score_vector(rec.hash, probes, device=device, progress=lambda d, t: update(d, t))
-    app.out.emit(vector_json(rec), lambda: (
+    def human() -> None:
         app.out.console.print(f"extracted {rec.name} ({short(rec.hash)}): {len(rec.layers)} slices, "
-                              f"{human_bytes(rec.raw_size)} raw, {human_bytes(rec.stored_size)} stored"),
-        _layers_table(app, rec)))  # fmt: skip
+                              f"{human_bytes(rec.raw_size)} raw, {human_bytes(rec.stored_size)} stored")
+        _layers_table(app, rec)
+
+    app.out.emit(vector_json(rec), human)
 
 
 @vector_group.command("score")

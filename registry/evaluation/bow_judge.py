@@ -23,9 +23,13 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import InvalidCheckpointError, InvalidInputError
 from .judges import Judge
+
+if TYPE_CHECKING:
+    import torch
 
 FORMAT = "safegene-bow-judge-v1"
 _WORD = re.compile(r"[a-z']+")
@@ -85,7 +89,7 @@ def train_bow_judge(refusals: Sequence[str], answers: Sequence[str], out: str | 
     return out
 
 
-def _matrix(texts: Sequence[str], vocab: Sequence[str]) -> torch.Tensor:  # noqa: F821 - torch is imported on use
+def _matrix(texts: Sequence[str], vocab: Sequence[str]) -> torch.Tensor:
     import torch
 
     index = {f: i for i, f in enumerate(vocab)}

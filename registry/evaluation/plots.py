@@ -29,7 +29,7 @@ def plot_layer_scores(vec: VectorRecord, out: str | Path) -> Path:
     """Bar chart of per-block safety gain, task cost and score; selected blocks highlighted."""
     plt = _pyplot()
     blocks = [lay for lay in vec.layers if lay.index is not None]
-    xs = [lay.index for lay in blocks]
+    xs = [lay.index for lay in blocks if lay.index is not None]
     fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(xs) + 3), 4))
     width = 0.28
     ax.bar([x - width for x in xs], [lay.safety_gain or 0 for lay in blocks], width, label="safety gain")
