@@ -59,3 +59,17 @@ def test_rewrite_metadata_keeps_every_data_byte(tmp_path: Path) -> None:
     with pytest.raises(InvalidInputError, match="reserved"):
         rewrite_metadata(f, {"hash": "f" * 200})
     assert f.read_bytes() == raw  # a value that does not fit changes nothing
+
+
+@pytest.mark.parametrize("encoding", ["fp32", "bf16"])
+def test_slice_payloads_are_what_safetensors_writes(tiny_models: dict[str, Path], encoding: str) -> None:
+    """An extracted slice is byte for byte ``safetensors.torch.save`` of its differences (its content address)."""
+    from registry.checkpoints.reader import Checkpoint
+    from registry.method._slice_builder import SliceBuilder
+
+    a, d = Checkpoint(tiny_models["llama"]), Checkpoint(tiny_models["llama_b"])
+    names = [n for n in a.names() if ".layers.0." in n and n.endswith("proj.weight")]
+    payload, _ = SliceBuilder(a, d, encoding).build(names)
+    dtype = torch.bfloat16 if encoding == "bf16" else torch.float32
+    expected = {n: (a.get_tensor(n).float() - d.get_tensor(n).float()).to(dtype) for n in names}
+    assert bytes(payload) == save(expected)

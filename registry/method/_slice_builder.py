@@ -8,31 +8,18 @@ catalog, their content hashes fed from the same reads.
 
 from __future__ import annotations
 
-import json
 import math
 import os
-from typing import Any
 
 import torch
 
 from ..checkpoints.reader import DTYPE_SIZES, Checkpoint, ContentHasher, pread_exact, torch_dtype
+from ..checkpoints.writer import header_bytes
 from ..errors import InvalidInputError
 
 _ST_DTYPE = {torch.float32: "F32", torch.bfloat16: "BF16"}
 _EXACT_IN_FP32 = (torch.float32, torch.bfloat16, torch.float16)
 _STREAMED = ("F32", "BF16", "F16")
-
-
-def _st_header(entries: list[tuple[str, torch.dtype, tuple[int, ...], int]]) -> bytes:
-    """The header ``safetensors.torch.save`` writes for these (name-sorted, one dtype) tensors."""
-    out: dict[str, Any] = {}
-    off = 0
-    for name, dtype, shape, nbytes in entries:
-        out[name] = {"dtype": _ST_DTYPE[dtype], "shape": list(shape), "data_offsets": [off, off + nbytes]}
-        off += nbytes
-    head = json.dumps(out, separators=(",", ":")).encode()
-    head += b" " * (-len(head) % 8)
-    return len(head).to_bytes(8, "little") + head
 
 
 class SliceBuilder:
@@ -65,7 +52,7 @@ class SliceBuilder:
     def build(self, members: list[str]) -> tuple[memoryview, float]:
         names = sorted(members)
         entries = [(n, self.dtype, self.a_ck.tensors[n].shape, self.a_ck.tensors[n].numel * self.esize) for n in names]
-        head = _st_header(entries)
+        head = header_bytes((name, _ST_DTYPE[dtype], shape, nbytes) for name, dtype, shape, nbytes in entries)
         size = len(head) + sum(e[3] for e in entries)
         self.turn ^= 1
         if len(self.buffers[self.turn]) < size:
