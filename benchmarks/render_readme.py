@@ -34,6 +34,11 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+# Loaded by path in tests, where this folder is not on sys.path: its sibling module must still import.
+if str(ROOT / "benchmarks") not in sys.path:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+from _digest import changed_files  # noqa: E402
+
 README = ROOT / "README.md"
 RESULTS = ROOT / "benchmarks" / "results"
 FIX = "run `python benchmarks/render_readme.py` and commit README.md"
@@ -186,6 +191,63 @@ def render_efficacy(files: dict[str, Data], file: str = "efficacy.json") -> str:
     return render_efficacy_table(files[file]) + "\n\nFrom " + provenance(file, files[file]) + "."
 
 
+# ---------------------------------------------------------------- efficacy on the real LM
+
+REAL_METHODS = (("aligned", "aligned"), ("target", "target (unpatched)"), ("RESTA", "RESTA (γ=1)"),
+                ("projection", "Safe LoRA projection"), ("full+λ", "full vector + λ"), ("SafeGene", "SafeGene"))  # fmt: skip
+REAL_COMMAND = "python benchmarks/efficacy_real.py"
+
+
+def stale_line(data: Data, root: Path = ROOT) -> str | None:
+    """The bold STALE line when the code or world the table ran on has changed since; None when current."""
+    changed = changed_files(data.get("digest") or {}, root=root)
+    if not changed:
+        return None
+    commit = str(data.get("commit") or "not recorded")[:10]
+    return (f"**STALE: the code or world changed since this table ran (commit {commit}); "
+            f"re-run `{REAL_COMMAND}`** ({len(changed)} file(s) differ, e.g. `{changed[0]}`).")  # fmt: skip
+
+
+def _real_cell(rows: list[Data], key: str) -> str:
+    vals = [r[key] for r in rows if not r.get("failed") and r.get(key) is not None]
+    if vals:
+        return pct_spread(vals)
+    return "failed" if rows and all(r.get("failed") for r in rows) else "—"
+
+
+def render_efficacy_real(
+    files: dict[str, Data], file: str = "efficacy-real.json", root: Path = ROOT
+) -> str:
+    """One row per task × method (refused / complied / degenerate / over-refusal / accuracy), the criteria, the source."""
+    data = files[file]
+    stale = stale_line(data, root)
+    by: dict[tuple[str, str], list[Data]] = {}
+    for r in data.get("rows", []):
+        by.setdefault((r["task"], r["method"]), []).append(r)
+    rows = [[task, title, *(_real_cell(by[(task, m)], k) for k in
+                            ("refused", "complied", "degenerate", "over_refusal", "accuracy"))]
+            for task in data.get("tasks", []) for m, title in REAL_METHODS if (task, m) in by]  # fmt: skip
+    seeds = data.get("seeds", [])
+    quick = " **QUICK smoke run: not the figures.**" if data.get("quick") else ""
+    caption = (f"SmolLM2-135M-Instruct, held-out prompts, in %; full vector + λ and SafeGene: mean ± population "
+               f"std over {len(seeds)} shot sample(s) (seeds {', '.join(map(str, seeds))}). refused + complied + "
+               f"degenerate = 100 on harmful prompts (keyword judge).{quick}")  # fmt: skip
+    table = md_table(
+        ["task", "method", "refused", "complied", "degenerate", "over-refusal", "accuracy"], rows
+    )
+    crit = []
+    for c in data.get("criteria", []):
+        missed = [x["check"] for x in c["checks"] if not x["met"]]
+        crit.append(f"{c['task']}: {c['met']}/{len(c['checks'])} criteria met"
+                    + (f" (missed: {'; '.join(missed)})" if missed else ""))  # fmt: skip
+    parts = [stale] if stale else []
+    parts += [caption, table]
+    if crit:
+        parts.append("**Issue 18's criteria for SafeGene**: " + ". ".join(crit) + ".")
+    parts.append("From " + provenance(file, data) + "; details in `efficacy-real.md`.")
+    return "\n\n".join(parts)
+
+
 # ---------------------------------------------------------------- scale
 
 
@@ -297,6 +359,7 @@ REGIONS: list[Region] = [
     Region(
         "efficacy", (Source("efficacy.json", "python benchmarks/efficacy.py"),), render_efficacy
     ),
+    Region("efficacy-real", (Source("efficacy-real.json", REAL_COMMAND),), render_efficacy_real),
     Region(
         "scale",
         (

@@ -58,7 +58,7 @@ def test_readme_tables_are_current() -> None:
 
 def test_the_render_reflects_the_json(tmp_path: Path) -> None:
     (tmp_path / "efficacy.json").write_text(json.dumps(_efficacy(0.123)), encoding="utf-8")
-    out = rr.render(_readme("efficacy", "scale"), tmp_path)
+    out = rr.render(_readme("efficacy", "efficacy-real", "scale"), tmp_path)
     assert "stale" not in out
     assert (
         "| fam/sum | 100 / 90 | 50 / 40 / 20 | 12.3 / 87.5 / 0 | misses HRR ≤ aligned + 5 pts |"
@@ -84,7 +84,7 @@ def test_check_fails_on_drift_and_says_how_to_fix(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     readme = tmp_path / "README.md"
-    readme.write_text(_readme("efficacy", "scale"), encoding="utf-8")
+    readme.write_text(_readme("efficacy", "efficacy-real", "scale"), encoding="utf-8")
     args = ["--readme", str(readme), "--results", str(tmp_path)]
     assert rr.main(["--check", *args]) == 1
     assert "python benchmarks/render_readme.py" in capsys.readouterr().err
