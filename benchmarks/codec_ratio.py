@@ -22,9 +22,9 @@ from safetensors.torch import save
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import md_table, write_results  # noqa: E402
 
-from registry.store import codec  # noqa: E402
 from registry.checkpoints.reader import Checkpoint  # noqa: E402
 from registry.method.extract import payload_skip, plan_slices  # noqa: E402
+from registry.store import codec  # noqa: E402
 from registry.toy import build_world, load_world  # noqa: E402
 
 
