@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from .._threads import torch_threads
 from ._compat import Checkpoint, Probe, RefusalKeywordJudge, is_degenerate, textio
 from .prompts import (
     RealData,
@@ -68,7 +69,6 @@ from .train import (  # noqa: F401 - train_stage, answer_loss, save_model and ow
     _encode,
     _seed,
     _stage_done,
-    _threads,
     _trainable,
     answer_loss,
     own_answers,
@@ -188,7 +188,7 @@ def build_real_world(
             return RealWorld(world.root, world.digest, world.models, world.tasks, world.shots,
                              world.eval, world.info, cached=True)  # fmt: skip
     root.mkdir(parents=True, exist_ok=True)
-    with _threads(recipe.threads):
+    with torch_threads(recipe.threads):
         return _Builder(root, base, recipe, data, data_sha, base_sha, digest, progress, force).run()
 
 
