@@ -35,6 +35,12 @@ def fit_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--gamma", type=NON_NEGATIVE, default=defaults.gamma, show_default=True, help="L1 weight on λ."),
         click.option("--lambda-max", type=POSITIVE, default=defaults.lambda_max, show_default=True,
                      help="Upper bound of every λ (> 0)."),
+        click.option("--shots-per-step", type=click.IntRange(min=0), default=defaults.shots_per_step,
+                     show_default=True, help="Shots in each step's loss, drawn per kind in proportion (0: all)."),
+        click.option("--answer-tokens", type=click.IntRange(min=0), default=defaults.answer_tokens,
+                     show_default=True, help="Learn only the first N tokens of each shot's answer (0: all)."),
+        click.option("--seed", type=click.IntRange(min=0), default=defaults.seed, show_default=True,
+                     help="Seed of the shot draws."),
         click.option("--device", default="cpu", show_default=True, help="cpu or cuda."),
     ]):  # fmt: skip
         fn = opt(fn)
@@ -42,10 +48,11 @@ def fit_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _settings(kw: dict[str, Any]) -> FitSettings:
+    """The fit options' values (popped from ``kw``) as settings; an option not given keeps its default."""
     lambda_max = kw.pop("lambda_max")
-    return FitSettings(steps=kw.pop("steps"), beta=kw.pop("beta"), beta_benign=kw.pop("beta_benign"),
-                       gamma=kw.pop("gamma"), lambda_max=lambda_max,
-                       init=min(FitSettings.init, lambda_max))  # fmt: skip
+    names = ("steps", "beta", "beta_benign", "gamma", "shots_per_step", "answer_tokens", "seed")
+    given = {n: kw.pop(n) for n in names if n in kw}
+    return FitSettings(lambda_max=lambda_max, init=min(FitSettings.init, lambda_max), **given)
 
 
 @click.command()

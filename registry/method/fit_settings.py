@@ -17,6 +17,11 @@ from ..errors import InvalidInputError
 class FitSettings:
     """Settings of the λ fit; every value is checked when the settings are made.
 
+    ``shots_per_step``: each Adam step's loss is over this many shots, drawn per
+    kind in proportion with ``seed`` (0: every shot every step). ``answer_tokens``:
+    only the first that many tokens of each answer are learned (0: all). Both
+    bound a step's cost on a real model; ``batch_size`` bounds one forward's rows.
+
     Raises:
         InvalidInputError: a value outside its range (λ_max ≤ 0 would subtract
             the safety vector; a negative weight would reward the loss it weighs).
@@ -30,6 +35,9 @@ class FitSettings:
     steps: int = 40
     lr: float = 0.1
     batch_size: int = 32
+    shots_per_step: int = 16
+    answer_tokens: int = 32
+    seed: int = 0
 
     def __post_init__(self) -> None:
         for name in ("beta", "beta_benign", "gamma", "lambda_max", "init", "lr"):
@@ -40,6 +48,10 @@ class FitSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InvalidInputError(f"fit setting {name} must be an integer ≥ 1, got {value!r}")
+        for name in ("shots_per_step", "answer_tokens", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise InvalidInputError(f"fit setting {name} must be an integer ≥ 0, got {value!r}")
         for name in ("beta", "beta_benign", "gamma"):
             if getattr(self, name) < 0:
                 raise InvalidInputError(f"fit setting {name} must be ≥ 0, got {getattr(self, name)}")

@@ -151,7 +151,8 @@ class Recalibrator:
         model, tok = load_model(base_dir, device=device), load_tokenizer(base_dir)
         blocks = [lay.position for lay in vec.layers if lay.index is not None]
         slices = self.vectors.load_slices(vec, positions=blocks)
-        scores = score_layers(model, slices, encode_shots(tok, items, device=device), beta=beta, progress=progress)
+        batches = encode_shots(tok, items, device=device, answer_tokens=FitSettings().answer_tokens)
+        scores = score_layers(model, slices, batches, beta=beta, progress=progress)
         by_pos = {s.position: s for s in scores}
 
         def tx(session: Session) -> VectorRecord:
@@ -212,7 +213,7 @@ class Recalibrator:
 
         model, tok = load_model(ck.path, device=device), load_tokenizer(ck.path)
         slices = self.vectors.load_slices(vec, positions=positions)
-        batches = encode_shots(tok, items, batch_size=s.batch_size, device=device)
+        batches = encode_shots(tok, items, batch_size=s.batch_size, device=device, answer_tokens=s.answer_tokens)
         fit = fit_coefficients(model, slices, batches, s, progress=progress)
         index_of = {lay.position: lay.index for lay in vec.layers}
         coefs = {layer_key(index_of[p]): lam for p, lam in fit.coefficients.items()}

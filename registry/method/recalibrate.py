@@ -26,12 +26,15 @@ import torch
 from torch.func import functional_call
 
 from ..errors import IncompatibleError, InvalidInputError
-from ..evaluation.probes import Probe
-from ..evaluation.textio import IGNORE_INDEX, collate, encode_example, encode_prompt, pad_id_of
+from ..evaluation.textio import IGNORE_INDEX
 from .fit_settings import FitSettings
+from .shots import KINDS, ShotBatches, ShotSampler, encode_shots
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import PreTrainedModel
+
+__all__ = ["FitResult", "FitSettings", "LayerScore", "ShotBatches", "apply_in_memory", "encode_shots",
+           "fit_coefficients", "kl_refs", "score_layers"]
 
 Slices = dict[int, dict[str, torch.Tensor]]  # position -> tensor name -> v (fp32)
 
@@ -42,42 +45,6 @@ class FitResult:
     losses: list[float]
     seconds: float
     terms: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass
-class ShotBatches:
-    harmful: list[dict[str, torch.Tensor]]
-    task: list[dict[str, torch.Tensor]]
-    benign: list[dict[str, torch.Tensor]]
-    benign_kl: list[dict[str, torch.Tensor]]
-
-
-def _chunks(examples: list[tuple[list[int], list[int]]], pad: int, size: int, device: str) -> list[dict[str, torch.Tensor]]:
-    out = []
-    for i in range(0, len(examples), size):
-        batch = collate(examples[i : i + size], pad, side="right")
-        out.append({k: v.to(device) for k, v in batch.items()})
-    return out
-
-
-def encode_shots(tokenizer: PreTrainedTokenizerBase, shots: Sequence[Probe], *, batch_size: int = 32,
-                 device: str = "cpu") -> ShotBatches:  # fmt: skip
-    """Tokenize shots into padded batches per kind.
-
-    Raises:
-        InvalidInputError: no harmful shot with a refusal to learn.
-    """
-    pad = pad_id_of(tokenizer)
-    harmful = [encode_example(tokenizer, p.prompt, p.response) for p in shots if p.kind == "harmful" and p.response]
-    task = [encode_example(tokenizer, p.prompt, p.response) for p in shots if p.kind == "task" and p.response]
-    benign = [encode_example(tokenizer, p.prompt, p.response) for p in shots if p.kind == "benign" and p.response]
-    kl = [(ids, ids) for ids in (encode_prompt(tokenizer, p.prompt) for p in shots
-                                 if p.kind == "benign" and not p.response)]  # fmt: skip
-    if not harmful:
-        raise InvalidInputError(
-            "the shots hold no harmful prompt with a refusal in 'response'; recalibration needs some"
-        )
-    return ShotBatches(*(_chunks(x, pad, batch_size, device) for x in (harmful, task, benign, kl)))
 
 
 def check_fits(model: PreTrainedModel, slices: Slices) -> None:
@@ -100,31 +67,33 @@ class _Group:
     each chunk's terms are what its own forward would give.
     """
 
-    def __init__(self, chunks: list[tuple[str, dict[str, torch.Tensor]]]) -> None:
-        width = max(b["input_ids"].shape[1] for _, b in chunks)
-        self.spans: list[tuple[str, int, int, int]] = []  # kind, first row, end row, own width
+    def __init__(self, chunks: list[tuple[str, list[int], dict[str, torch.Tensor]]]) -> None:
+        width = max(b["input_ids"].shape[1] for _, _, b in chunks)
+        self.spans: list[tuple[str, list[int], int, int, int]] = []  # kind, examples, first row, end row, own width
         ids, mask, labels = [], [], []
         row = 0
-        for kind, b in chunks:
+        for kind, examples, b in chunks:
             n, w = b["input_ids"].shape
             pad = (0, width - w)
             lab = torch.full_like(b["input_ids"], IGNORE_INDEX) if kind == "benign_kl" else b["labels"]
             ids.append(torch.nn.functional.pad(b["input_ids"], pad, value=0))
             mask.append(torch.nn.functional.pad(b["attention_mask"], pad, value=0))
             labels.append(torch.nn.functional.pad(lab, pad, value=IGNORE_INDEX))
-            self.spans.append((kind, row, row + n, w))
+            self.spans.append((kind, examples, row, row + n, w))
             row += n
         self.kwargs = {"input_ids": torch.cat(ids), "attention_mask": torch.cat(mask)}
         self.labels = torch.cat(labels)[:, 1:]
-        self.ce_rows = max((b for kind, _, b, _ in self.spans if kind != "benign_kl"), default=0)  # CE chunks first
+        self.ce_rows = max((b for kind, _, _, b, _ in self.spans if kind != "benign_kl"), default=0)  # CE chunks first
 
     def chunk_terms(self, model: PreTrainedModel, overrides: dict[str, torch.Tensor],
-                    refs: Iterator[torch.Tensor]) -> Iterator[tuple[str, torch.Tensor]]:  # fmt: skip
+                    refs: Sequence[torch.Tensor]) -> Iterator[tuple[str, torch.Tensor]]:  # fmt: skip
         """(kind, term) of each chunk: CE is the mean over its labelled tokens, KL the masked mean vs ``refs``.
 
-        The output head runs only where a term needs it (labelled tokens, the KL
-        rows' real tokens): on a real vocabulary the head and its softmax over
-        every position cost as much as several transformer blocks.
+        ``refs``: the unpatched model's log-probabilities of each KL example
+        (:func:`kl_refs`). The output head runs only where a term needs it
+        (labelled tokens, the KL rows' real tokens): on a real vocabulary the
+        head and its softmax over every position cost as much as several
+        transformer blocks.
         """
         logits_at = _head_at(model, overrides, self.kwargs)
         if self.ce_rows:
@@ -134,10 +103,10 @@ class _Group:
             lg = logits_at(slice(0, n), slice(0, -1), live).float()
             token_ce = torch.zeros(live.shape, dtype=lg.dtype, device=lg.device)
             token_ce[live] = torch.nn.functional.cross_entropy(lg, labels[live], reduction="none")
-        for kind, a, b, w in self.spans:
+        for kind, examples, a, b, w in self.spans:
             if kind == "benign_kl":
                 m = self.kwargs["attention_mask"][a:b, :w].bool()
-                ref = next(refs)[m]
+                ref = torch.cat([refs[i] for i in examples])  # row-major real positions, as ``[m]`` orders them
                 logp = logits_at(slice(a, b), slice(0, w), m).float().log_softmax(-1)
                 yield kind, (ref.exp() * (ref - logp)).sum() / m.sum()
             else:
@@ -166,24 +135,25 @@ def _head_at(model: PreTrainedModel, overrides: dict[str, torch.Tensor], kwargs:
     return lambda rows, cols, mask: head(hidden[rows, cols][mask])
 
 
-def _groups(batches: ShotBatches, max_rows: int) -> list[_Group]:
+def _groups(batches: ShotBatches, max_rows: int, rows: dict[str, Sequence[int]] | None = None) -> list[_Group]:
     """The chunks of every kind, in order, grouped into forwards of at most ``max_rows`` rows (or one chunk).
 
-    On a small model the per-forward overhead (parameter substitution, kernel
-    launches) is much of a step, so the few shots of a recalibration (one chunk
-    per kind) share one forward; ``batch_size`` still bounds a forward's rows.
+    ``rows``: the examples of each kind to take (default: all). On a small
+    model the per-forward overhead (parameter substitution, kernel launches) is
+    much of a step, so the few shots of a recalibration (one chunk per kind)
+    share one forward; ``batch_size`` still bounds a forward's rows.
     """
-    groups: list[list[tuple[str, dict[str, torch.Tensor]]]] = []
-    rows = 0
-    for kind in ("harmful", "task", "benign", "benign_kl"):
-        for b in getattr(batches, kind):
+    groups: list[list[tuple[str, list[int], dict[str, torch.Tensor]]]] = []
+    n_rows = 0
+    for kind in KINDS:
+        for examples, b in batches.chunks(kind, None if rows is None else rows.get(kind, ())):
             n = b["input_ids"].shape[0]
-            if groups and rows + n <= max_rows:
-                groups[-1].append((kind, b))
-                rows += n
+            if groups and n_rows + n <= max_rows:
+                groups[-1].append((kind, examples, b))
+                n_rows += n
             else:
-                groups.append([(kind, b)])
-                rows = n
+                groups.append([(kind, examples, b)])
+                n_rows = n
     return [_Group(g) for g in groups]
 
 
@@ -192,8 +162,8 @@ class _Objective:
 
     def __init__(self, model: PreTrainedModel, slices: Slices, batches: ShotBatches, settings: FitSettings,
                  *, ref_logp: list[torch.Tensor] | None = None) -> None:  # fmt: skip
-        """``ref_logp``: the unpatched model's log-probabilities on the KL chunks, when already computed."""
-        self.model, self.settings = model, settings
+        """``ref_logp``: the unpatched model's log-probabilities on the KL examples, when already computed."""
+        self.model, self.settings, self.batches = model, settings, batches
         self.positions = sorted(slices)
         params = dict(model.named_parameters())
         dev = next(model.parameters()).device
@@ -202,6 +172,10 @@ class _Objective:
         self.groups = _groups(batches, settings.batch_size)
         self.ref_logp = ref_logp if ref_logp is not None else kl_refs(model, batches)
 
+    def sample(self, rows: dict[str, Sequence[int]]) -> list[_Group]:
+        """The forwards of a mini-batch: ``rows`` of each kind."""
+        return _groups(self.batches, self.settings.batch_size, rows)
+
     def overrides(self, lam: torch.Tensor) -> dict[str, torch.Tensor]:
         out = {}
         for i, p in enumerate(self.positions):
@@ -209,20 +183,20 @@ class _Objective:
                 out[n] = self.base[n] + lam[i].to(v.dtype) * v
         return out
 
-    def terms(self, lam: torch.Tensor) -> dict[str, torch.Tensor]:
-        ov, refs = self.overrides(lam), iter(self.ref_logp)
+    def terms(self, lam: torch.Tensor, groups: list[_Group] | None = None) -> dict[str, torch.Tensor]:
+        ov = self.overrides(lam)
         zero = lam.sum() * 0
-        sums = dict.fromkeys(("harmful", "task", "benign", "benign_kl"), zero)
+        sums = dict.fromkeys(KINDS, zero)
         counts = dict.fromkeys(sums, 0)
-        for group in self.groups:
-            for kind, term in group.chunk_terms(self.model, ov, refs):
+        for group in self.groups if groups is None else groups:
+            for kind, term in group.chunk_terms(self.model, ov, self.ref_logp):
                 sums[kind] = sums[kind] + term
                 counts[kind] += 1
         mean = {k: sums[k] / max(counts[k], 1) for k in sums}
         return {"harmful": mean["harmful"], "task": mean["task"], "benign": mean["benign"] + mean["benign_kl"]}
 
-    def loss(self, lam: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        t = self.terms(lam)
+    def loss(self, lam: torch.Tensor, groups: list[_Group] | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        t = self.terms(lam, groups)
         s = self.settings
         total = t["harmful"] + s.beta * t["task"] + s.beta_benign * t["benign"] + s.gamma * lam.abs().sum()
         return total, {k: float(v.detach()) for k, v in t.items()}
@@ -230,9 +204,15 @@ class _Objective:
 
 @torch.no_grad()
 def kl_refs(model: PreTrainedModel, batches: ShotBatches) -> list[torch.Tensor]:
-    """The unpatched model's log-probabilities on each KL chunk (the benign shots without an answer)."""
-    return [model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits.float().log_softmax(-1)
-            for b in batches.benign_kl]  # fmt: skip
+    """The unpatched model's log-probabilities on each KL example (the benign shots without an answer).
+
+    One ``(tokens, vocab)`` tensor per example, its real (unpadded) positions.
+    """
+    out: list[torch.Tensor] = []
+    for examples, b in batches.chunks("benign_kl"):
+        logp = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits.float().log_softmax(-1)
+        out += [logp[r, : len(batches.examples["benign_kl"][i][0])] for r, i in enumerate(examples)]
+    return out
 
 
 def fit_coefficients(
@@ -244,6 +224,11 @@ def fit_coefficients(
     progress: Callable[[int, int], None] | None = None,
 ) -> FitResult:
     """Fit one coefficient per slice position by projected Adam on λ only.
+
+    Each step's loss is over ``settings.shots_per_step`` shots, drawn per kind
+    in proportion (:class:`ShotSampler`, seeded by ``settings.seed``); over all
+    shots when there are no more than that (or ``shots_per_step`` is 0). The
+    last loss recorded, and the terms returned, are over all shots.
 
     Args:
         model: the target model (frozen; its weights are not modified).
@@ -263,6 +248,8 @@ def fit_coefficients(
     for p in model.parameters():
         p.requires_grad_(False)
     obj = _Objective(model, slices, batches, s)
+    counts = batches.counts()
+    sampler = ShotSampler(counts, s.shots_per_step, s.seed) if 0 < s.shots_per_step < sum(counts.values()) else None
     dev = next(model.parameters()).device
     lam = torch.full((len(obj.positions),), s.init, dtype=torch.float32, device=dev, requires_grad=True)
     opt = torch.optim.Adam([lam], lr=s.lr)
@@ -270,7 +257,7 @@ def fit_coefficients(
     terms: dict[str, float] = {}
     for step in range(s.steps):
         opt.zero_grad()
-        total, terms = obj.loss(lam)
+        total, terms = obj.loss(lam, None if sampler is None else obj.sample(sampler.draw()))
         total.backward()
         opt.step()
         with torch.no_grad():
