@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -86,3 +87,50 @@ def test_a_mini_batched_fit_runs_each_step_on_a_sample(tmp_path: Path, quick_wor
     assert small.coefficients != full.coefficients
     assert all(0 <= v <= 2 for v in small.coefficients.values()) and len(small.losses) == 7
     assert torch.isfinite(torch.tensor(small.losses)).all()
+
+
+def test_a_shared_prefix_runs_once_and_changes_nothing() -> None:
+    """Rows that open with the same system turn: the prefix is computed once, and the hidden states and the
+    gradient in λ are those of the batch's own forward."""
+    from torch.func import functional_call
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from registry.method.recalibrate import _hidden_states, shared_prefix
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)  # fmt: skip
+    model = LlamaForCausalLM(cfg).double().eval()  # float64: what is left to differ is not rounding
+    head = [5, 9, 2, 7, 7, 1, 3, 8, 4, 6, 2, 9]
+    rows = [head + [11, 12, 13], head + [20, 21, 22, 23, 24, 25], head + [30], head + [40, 41, 42, 43]]
+    width = max(map(len, rows))
+    ids = torch.tensor([r + [0] * (width - len(r)) for r in rows])
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+    assert shared_prefix(ids, mask) == len(head)
+    other = ids.clone()
+    other[2, 0] = 1
+    assert shared_prefix(other, mask) == 0  # one row differs at its first token
+    assert shared_prefix(ids, torch.where(torch.arange(width) == 5, 0, mask)) == 5  # padding ends it too
+    inner = model.model
+    names = [n for n, p in inner.named_parameters() if "layers.1." in n and p.dim() == 2]
+    calls: list[int] = []
+    hook = inner.embed_tokens.register_forward_hook(lambda _m, a, _o: calls.append(a[0].numel()))
+
+    def run(fn: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        lam = torch.tensor(0.7, dtype=torch.float64, requires_grad=True)
+        params = dict(inner.named_parameters())
+        ov = {n: params[n].detach() + lam * 0.05 * torch.ones_like(params[n]) for n in names}
+        h = fn(ov)
+        (grad,) = torch.autograd.grad((h * mask.unsqueeze(-1)).pow(2).sum(), lam)
+        return h, grad
+
+    kw = {"input_ids": ids, "attention_mask": mask}
+    plain, g_plain = run(lambda ov: functional_call(inner, ov, args=(), kwargs=kw).last_hidden_state)
+    assert calls == [ids.numel()]
+    shared, g_shared = run(lambda ov: _hidden_states(inner, ov, kw))
+    hook.remove()
+    assert calls[1:] == [len(head), 4 * (width - len(head))]  # the prefix once, then the rest of each row
+    m = mask.bool()
+    torch.testing.assert_close(shared[m], plain[m], rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(g_shared, g_plain, rtol=1e-10, atol=1e-10)
+    assert float(g_plain) != 0
