@@ -26,6 +26,7 @@ EFFICACY_REAL_FILES: tuple[str, ...] = (
     "registry/method/recalibrate.py",
     "registry/method/pipeline.py",
     "registry/method/fit_settings.py",
+    "registry/method/shots.py",
     "registry/method/baselines.py",
     "registry/evaluation/*.py",
     "registry/realworld/*.py",

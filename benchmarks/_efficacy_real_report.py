@@ -250,10 +250,12 @@ def render_markdown(data: Mapping[str, Any]) -> str:
                 for c in crit["checks"]
             ]
         out.append("")
-    t = data["timings"]
-    out += ["## Timings", "", f"extract {_seconds(t.get('extract'))} s, layer scoring {_seconds(t.get('score'))} s, "
-            f"bow judge {_seconds(t.get('bow_judge'))} s; wall time {data['wall_seconds']:.0f} s "
-            "(steps reused from an earlier run keep that run's seconds).", "",
+    runs = data["timings"].get("runs") or [{**data["timings"], "tasks": data["tasks"], "wall_seconds": data["wall_seconds"]}]
+    out += ["## Timings", ""]
+    out += [f"- {', '.join(t['tasks'])}: extract {_seconds(t.get('extract'))} s, layer scoring {_seconds(t.get('score'))} s, "
+            f"bow judge {_seconds(t.get('bow_judge'))} s; wall time {t['wall_seconds']:.0f} s" for t in runs]
+    out += ["", f"{'Runs in parallel, one task each, merged; ' if len(runs) > 1 else ''}steps reused from an earlier "
+            "run keep that run's seconds.", "",
             f"Commit `{data['commit']}`{' (tree dirty)' if data['dirty'] else ''}; {data['machine']['cpus']} CPUs, "
             f"{data['threads']} torch thread(s), torch {data['machine']['torch']}; digest `{data['digest']['sha256'][:16]}`."]  # fmt: skip
     return "\n".join(out) + "\n"

@@ -302,7 +302,7 @@ class TableRun:
             coefficients=res.coefficients, seconds={"patch": secs})  # fmt: skip
         ev, extra = self.projection(reg, vec, task, tgt.hash, aligned, probes_file, judges)
         add("projection", None, ev, **extra)
-        for seed in self.seeds:
+        for seed in [] if self.args.baselines_only else self.seeds:
             shots = self.shot_file(task, seed)
             for method, layers in (("full+λ", "all"), ("SafeGene", "auto")):
                 try:
@@ -493,6 +493,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="smoke run: one task, one seed, 8 held-out prompts of each kind, 2 fit steps",
     )
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
+    ap.add_argument("--baselines-only", action="store_true",
+                    help="only the rows no fit setting touches (aligned, target, RESTA, projection): fills "
+                         "--work's caches, writes no results")
+    ap.add_argument("--merge", type=Path, nargs="+", default=None, metavar="JSON",
+                    help="combine per-task results files (same commit, world, vector, settings) into one table")
     ap.add_argument("--results", type=Path, default=RESULTS, help="where the .md and .json go")
     args = ap.parse_args(argv)
     if args.work is None:
@@ -502,12 +507,44 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+MERGE_SAME = ("format", "quick", "seeds", "world", "vector", "settings", "judges", "commit", "dirty", "digest")
+
+
+def merge(docs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Per-task results (runs in parallel, one task each) as one table; they must agree on all but their tasks.
+
+    Raises:
+        SystemExit: the runs differ in commit, world, vector, settings, judges or digest, or share a task.
+    """
+    first = docs[0]
+    for d in docs[1:]:
+        differ = [k for k in MERGE_SAME if d.get(k) != first.get(k)]
+        if differ:
+            raise SystemExit(f"cannot merge: the runs differ in {differ}")
+    tasks = [t for d in docs for t in d["tasks"]]
+    if len(set(tasks)) != len(tasks):
+        raise SystemExit(f"cannot merge: a task appears twice ({tasks})")
+    rows = [r for d in docs for r in d["rows"]]
+    summary = summarize(rows)
+    return {**first, "tasks": tasks, "rows": rows, "summary": summary,
+            "criteria": [criteria_of(t, summary.get(t, {})) for t in tasks],
+            "timings": {"runs": [{"tasks": d["tasks"], **d["timings"], "wall_seconds": d["wall_seconds"],
+                                  "threads": d["threads"]} for d in docs]},
+            "wall_seconds": max(d["wall_seconds"] for d in docs),
+            "merged_from": len(docs)}  # fmt: skip
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     import torch
 
     torch.set_num_threads(args.threads)
-    data = TableRun(args).run()
+    if args.merge:
+        data = merge([json.loads(p.read_text()) for p in args.merge])
+    else:
+        data = TableRun(args).run()
+    if args.baselines_only:
+        return 0
     name = "efficacy-real-quick" if args.quick else "efficacy-real"
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / f"{name}.json").write_text(

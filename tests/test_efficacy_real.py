@@ -263,3 +263,29 @@ def test_markdown_report_renders_from_synthetic_results() -> None:
     md = rep.render_markdown(data)
     assert "| SafeGene (selected blocks + λ) | 85.0 ± 5.0 |" in md and "[50.0, 90.0]" in md
     assert "no layers selected" in md and "(tree dirty)" in md
+
+
+def test_per_task_runs_merge_into_one_table_and_refuse_to_mix() -> None:
+    """Two runs in parallel (one task each) make one table; runs of another commit or the same task do not."""
+    er = _load("efficacy_real")
+
+    def run(task: str) -> dict:  # type: ignore[type-arg]
+        doc = _real_json({"sha256": "ab" * 32, "files": []})
+        for r in doc["rows"]:
+            r.update(task=task, seconds={"eval": 9.0})
+        doc.update(tasks=[task], timings={"extract": 1.0, "score": 2.0, "bow_judge": 0.5}, wall_seconds=100.0,
+                   threads=1, world={"digest": "w"}, vector={"hash": "v"}, settings={"fit": {}}, judges={},
+                   dirty=False, format="safegene-efficacy-real/1", caption="c")  # fmt: skip
+        return doc
+
+    a, b = run("arithmetic"), run("extract")
+    merged = er.merge([a, b])
+    assert merged["tasks"] == ["arithmetic", "extract"] and len(merged["rows"]) == len(a["rows"]) * 2
+    assert set(merged["summary"]) == {"arithmetic", "extract"}
+    assert [c["task"] for c in merged["criteria"]] == ["arithmetic", "extract"]
+    assert merged["summary"]["extract"]["SafeGene"] == er.summarize(b["rows"])["extract"]["SafeGene"]
+    assert "- arithmetic: extract 1.0 s, layer scoring 2.0 s" in rep.render_markdown({**merged, "dirty": False, "commit": "c0ffee"})
+    with pytest.raises(SystemExit, match="commit"):
+        er.merge([a, {**b, "commit": "fedcba9876543210"}])
+    with pytest.raises(SystemExit, match="twice"):
+        er.merge([a, run("arithmetic")])
