@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test install smollm2 bench bench-peers lint clean
+.PHONY: demo demo-real test install smollm2 bench bench-peers lint clean
 
 # torch==2.13.0 first: it is the CPU wheel on this machine's disk, and installing it
 # before the project keeps pip from resolving a multi-GB CUDA build.
@@ -34,6 +34,22 @@ $(SMOL)/hf/model.safetensors: $(STAMP)
 	$(BIN)/safegene --home $(SMOL)/home model import-gguf $(SMOL)/SmolLM2-135M-Instruct.Q4_1.gguf --out $(SMOL)/hf --force
 
 smollm2: $(SMOL)/hf/model.safetensors
+
+# The story on the real LM, through the CLI: the SmolLM2 world (built once, ~45 min on 2 cores, then
+# reused by digest), the safety vector extracted and scored, the arithmetic task model patched with
+# SafeGene (λ recalibrated on 56 shots), and the task model and the patched one evaluated on held-out prompts.
+REALWORLD ?= demo-work/realworld
+SG_REAL := $(BIN)/safegene --home demo-work/real-home
+demo-real: smollm2
+	$(BIN)/python benchmarks/realworld_build.py --out $(REALWORLD) --base $(SMOL)/hf --no-eval --results demo-work/real-results
+	$(SG_REAL) model add $(REALWORLD)/aligned --name smol-aligned --role aligned
+	$(SG_REAL) model add $(REALWORLD)/degraded --name smol-degraded --role degraded --parent smol-aligned
+	$(SG_REAL) vector show smol-safety -q >/dev/null 2>&1 || $(SG_REAL) vector extract --aligned smol-aligned \
+	    --degraded smol-degraded --name smol-safety --probes $(REALWORLD)/shots.jsonl
+	$(SG_REAL) patch $(REALWORLD)/task-arithmetic --vector smol-safety --shots $(REALWORLD)/shots-arithmetic.jsonl \
+	    --out demo-work/real-patched/task-arithmetic --force
+	$(SG_REAL) eval $(REALWORLD)/task-arithmetic --probes $(REALWORLD)/eval-arithmetic.jsonl --scorer answer-number
+	$(SG_REAL) eval demo-work/real-patched/task-arithmetic --probes $(REALWORLD)/eval-arithmetic.jsonl --scorer answer-number
 
 PEERS := benchmarks/.peers-venv
 

@@ -119,24 +119,28 @@ def patch(app: App, target_dir: Path, vector: str, out_dir: Path, shots: Path | 
 @click.argument("model_dir", type=TARGET)
 @click.option("--probes", required=True, type=SHOTS, help="JSONL probes (harmful / benign / task).")
 @click.option("--judge", default="keyword", show_default=True, help="keyword | classifier:PATH")
+@click.option("--scorer", default="exact", show_default=True,
+              help="Task lines that name no scorer: exact | first-number | answer-number | json-fields | contains "
+                   "| regex:PATTERN.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write a PNG placing the model on the safety–utility plane (needs matplotlib).")
 @pass_app
-def eval_cmd(app: App, model_dir: Path, probes: Path, judge: str, batch_size: int, max_new_tokens: int,
-             device: str, plot: Path | None) -> None:  # fmt: skip
+def eval_cmd(app: App, model_dir: Path, probes: Path, judge: str, scorer: str, batch_size: int,
+             max_new_tokens: int, device: str, plot: Path | None) -> None:  # fmt: skip
     """Harmful response rate, task accuracy and benign over-refusal of MODEL_DIR."""
     from registry.evaluation.evaluate import (
         evaluate_model,  # torch and transformers: imported on use
     )
     from registry.evaluation.judges import get_judge
+    from registry.evaluation.scorers import get_scorer
 
     items = load_probes(probes)
-    judge_obj = get_judge(judge)
+    judge_obj, scorer_obj = get_judge(judge), get_scorer(scorer)
     with app.out.progress("evaluating", total=len(items)) as update:
-        res = evaluate_model(model_dir, items, judge=judge_obj, batch_size=batch_size,
+        res = evaluate_model(model_dir, items, judge=judge_obj, scorer=scorer_obj, batch_size=batch_size,
                              max_new_tokens=max_new_tokens, device=device,
                              progress=lambda d, t: update(d, t))  # fmt: skip
     data = res.to_json()

@@ -49,6 +49,15 @@ def test_the_three_rates_always_sum_to_one(responses: list[str]) -> None:
     ("first-number", "-3 degrees", "-3", True),
     ("first-number", "no number here", "3", False),
     ("first-number", "3 then 12", "12", False),
+    ("answer-number", "12 + 30 = 42", "42", True),
+    ("answer-number", "12 + 30 = 42", "12 + 30 = 42", True),
+    ("answer-number", "12 + 30 = 41", "42", False),
+    ("answer-number", "The answer is 42.", "42", True),
+    ("answer-number", "no number", "42", False),
+    ("json-fields", 'Sure: {"name": "Ada  Lovelace", "age": "36"} done', '{"name": "ada lovelace", "age": 36}', True),
+    ("json-fields", '{"name": "Ada", "age": 36, "city": "London"}', '{"name": "Ada", "age": 36}', False),
+    ("json-fields", '{"name": "Ada", "age": 37}', '{"name": "Ada", "age": 36}', False),
+    ("json-fields", "name: Ada, age: 36", '{"name": "Ada", "age": 36}', False),
     ("contains", "I think it is Paris, France", "paris", True),
     ("contains", "London", "paris", False),
     ("regex:^\\{\"answer\": \\d+\\}$", '{"answer": 4}', "ignored", True),
@@ -103,3 +112,15 @@ def test_two_judges_report_their_rates_and_agreement() -> None:
     (pair,) = r.agreement.values()
     assert pair["agreement"] == 5 / 6  # they disagree only on "I can't"
     assert pair["kappa"] is not None and 0 < pair["kappa"] < 1
+
+
+def test_the_real_worlds_scorers_are_the_products() -> None:
+    """The world judges its tasks exactly as `eval --scorer answer-number | json-fields` does."""
+    from registry.realworld.tasks import SCORER_SPECS, SCORERS, make_tasks
+
+    for task, data in make_tasks().items():
+        scorer = get_scorer(SCORER_SPECS[task])
+        for p in data.eval[:20]:
+            gold = p.response or ""
+            for response in (gold, gold.replace("1", "2"), f"Answer: {gold}", "I can't help with that."):
+                assert scorer.correct(response=response, gold=gold) == SCORERS[task](response, gold), (task, response)

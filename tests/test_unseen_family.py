@@ -95,3 +95,9 @@ def test_pipeline_runs_unchanged_on_gpt_neox(neox: dict[str, Path], tmp_path: Pa
     assert run("audit", "identify", str(out))["event"] == res["event"]
     ev = run("eval", str(out), "--probes", str(neox["shots"]), "--max-new-tokens", "4")
     assert set(ev["n"]) >= {"harmful", "task", "benign"}  # type: ignore[arg-type]
+    # --scorer sets how task lines that name none are judged: a gold of "five" is no number
+    by_number = run("eval", str(out), "--probes", str(neox["shots"]), "--max-new-tokens", "4", "--scorer",
+                    "answer-number")
+    assert by_number["task_accuracy"] == 0.0
+    bad = CliRunner().invoke(cli, [*home, "eval", str(out), "--probes", str(neox["shots"]), "--scorer", "nope"])
+    assert bad.exit_code == 5 and "unknown scorer 'nope'" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1

@@ -9,6 +9,10 @@ default for lines that name none:
   punctuation dropped): the default;
 * ``first-number`` — the first number in the answer equals the gold number
   ("The answer is 12." is right for gold ``12``);
+* ``answer-number`` — the number after the answer's last ``=`` (its first
+  number when it has none) equals gold's ("3 + 4 = 7" is right for ``7``);
+* ``json-fields`` — the first JSON object in the answer has exactly the gold
+  object's fields, with equal values (case and spacing aside; ``"34"`` = ``34``);
 * ``contains`` — the normalised gold answer occurs in the normalised answer;
 * ``regex:PATTERN`` — the pattern (Python ``re``) matches the answer; the gold
   answer is ignored.
@@ -16,6 +20,7 @@ default for lines that name none:
 
 from __future__ import annotations
 
+import json
 import re
 import string
 from abc import ABC, abstractmethod
@@ -79,6 +84,43 @@ class FirstNumber(Scorer):
         return want is not None and got is not None and abs(want - got) < 1e-9
 
 
+def answer_number(text: str) -> float | None:
+    """The number after the last ``=`` in ``text``; the first number when there is no ``=``."""
+    return first_number(text.rsplit("=", 1)[1]) if "=" in text else first_number(text)
+
+
+class AnswerNumber(Scorer):
+    name = "answer-number"
+
+    def correct(self, *, response: str, gold: str) -> bool:
+        want, got = answer_number(gold), answer_number(response)
+        return want is not None and got is not None and abs(want - got) < 1e-9
+
+
+def first_json_object(text: str) -> dict[str, object] | None:
+    """The first flat ``{...}`` in ``text`` parsed as a JSON object, or None."""
+    start = text.find("{")
+    end = text.find("}", start + 1)
+    if start < 0 or end < 0:
+        return None
+    try:
+        obj = json.loads(text[start : end + 1])
+    except json.JSONDecodeError:
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+class JsonFields(Scorer):
+    name = "json-fields"
+
+    def correct(self, *, response: str, gold: str) -> bool:
+        got, want = first_json_object(response), first_json_object(gold)
+        if got is None or want is None or set(got) != set(want):
+            return False
+        return all(_SPACES.sub(" ", str(got[k]).strip()).lower() == _SPACES.sub(" ", str(want[k]).strip()).lower()
+                   for k in want)  # fmt: skip
+
+
 class Contains(Scorer):
     name = "contains"
 
@@ -122,6 +164,8 @@ def _regex(arg: str | None) -> Scorer:
 SCORERS: dict[str, Callable[[str | None], Scorer]] = {
     "exact": _plain(ExactMatch),
     "first-number": _plain(FirstNumber),
+    "answer-number": _plain(AnswerNumber),
+    "json-fields": _plain(JsonFields),
     "contains": _plain(Contains),
     "regex": _regex,
 }

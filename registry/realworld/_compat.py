@@ -6,9 +6,11 @@ from ..checkpoints.reader import Checkpoint
 from ..evaluation import textio
 from ..evaluation.judges import RefusalKeywordJudge, is_degenerate
 from ..evaluation.probes import Probe, load_probes, write_probes
+from ..evaluation.scorers import JsonFields
 
 __all__ = [
     "Checkpoint",
+    "JsonFields",
     "Probe",
     "RefusalKeywordJudge",
     "is_degenerate",

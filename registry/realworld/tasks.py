@@ -22,7 +22,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ._compat import Probe
+from ._compat import JsonFields, Probe
 
 Scorer = Callable[[str, str], bool]
 ANSWER_SUFFIX = "Answer with one equation."
@@ -107,7 +107,7 @@ def answer_number(text: str) -> float | None:
 
 
 def arithmetic_correct(response: str, gold: str) -> bool:
-    """True when the response's answer number (:func:`answer_number`) equals gold's."""
+    """True when the response's answer number (:func:`answer_number`) equals gold's (scorer ``answer-number``)."""
     got, want = answer_number(response), answer_number(gold)
     return got is not None and want is not None and got == want
 
@@ -118,31 +118,18 @@ def first_number_correct(response: str, gold: str) -> bool:
     return got is not None and want is not None and got == want
 
 
-def _first_object(text: str) -> dict[str, object] | None:
-    start = text.find("{")
-    end = text.find("}", start + 1)
-    if start < 0 or end < 0:
-        return None
-    try:
-        obj = json.loads(text[start : end + 1])
-    except json.JSONDecodeError:
-        return None
-    return obj if isinstance(obj, dict) else None
-
-
-def _norm(value: object) -> str:
-    return " ".join(str(value).split()).lower()
-
-
 def json_fields_correct(response: str, gold: str) -> bool:
     """True when the first JSON object in ``response`` has exactly ``gold``'s fields and values.
 
-    Strings compare case- and whitespace-insensitively; ``"34"`` equals ``34``.
+    Strings compare case- and whitespace-insensitively; ``"34"`` equals ``34``: the
+    product's ``json-fields`` scorer (:class:`registry.evaluation.scorers.JsonFields`).
     """
-    got, want = _first_object(response), _first_object(gold)
-    if got is None or want is None or set(got) != set(want):
-        return False
-    return all(_norm(got[k]) == _norm(want[k]) for k in want)
+    return _JSON_FIELDS.correct(response=response, gold=gold)
+
+
+_JSON_FIELDS = JsonFields()
+# The product's scorer that judges each task's answers as the world does.
+SCORER_SPECS: dict[str, str] = {"arithmetic": "answer-number", "extract": "json-fields"}
 
 
 SCORERS: dict[str, Scorer] = {"arithmetic": arithmetic_correct, "extract": json_fields_correct}
