@@ -176,6 +176,9 @@ class TableRun:
         self.work.mkdir(parents=True, exist_ok=True)
         self.settings: FitSettings = FitSettings(steps=QUICK_STEPS) if self.quick else FitSettings()
         self.timings = _JsonStore(self.work / "timings.json")
+        # what the table ran on, taken before it starts (edits made while it runs do not count)
+        self.commit, self.dirty = git_state()
+        self.digest = table_digest(EFFICACY_REAL_FILES, [str((self.world.root / "world.json").resolve())])
         self.evals = _JsonStore(self.work / "eval-cache.json")
 
     # ---------------------------------------------------------------- steps
@@ -400,7 +403,7 @@ class TableRun:
         self, vec: VectorRecord, rows: list[dict[str, Any]], wall: float
     ) -> dict[str, Any]:
         summary = summarize(rows)
-        commit, dirty = git_state()
+        commit, dirty = self.commit, self.dirty
         from _common import machine
 
         data: dict[str, Any] = {
@@ -419,7 +422,7 @@ class TableRun:
             "timings": {"extract": self.t_extract, "score": self.t_score, "bow_judge": self.t_bow},
             "wall_seconds": round(wall, 1), "commit": commit, "dirty": dirty,
             "machine": machine(), "threads": self.args.threads,
-            "digest": table_digest(EFFICACY_REAL_FILES, [str((self.world.root / "world.json").resolve())]),
+            "digest": self.digest,
         }  # fmt: skip
         n_seeds = len(self.seeds)
         data["caption"] = (
