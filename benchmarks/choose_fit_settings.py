@@ -5,7 +5,10 @@ The efficacy table (``benchmarks/efficacy_real.py``) fits λ on a sample of
 on the held-out ``eval-<task>.jsonl``. Settings must not be chosen on those
 held-out prompts, so this script judges candidate settings on the probes of
 the same shots file that the seed's sample did *not* draw (for seed 0: 26
-harmful, 16 benign and the task probes left). The candidates and the rule are
+harmful and 16 benign; the sample holds all 16 task shots, so task accuracy
+is judged on the first 32 prompts of the task's *training* split, which the
+task model was tuned on: a patch that breaks the task shows there too). The
+candidates and the rule are
 fixed in this file before any of its results were seen:
 
     default      FitSettings()
@@ -47,6 +50,7 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "weak-l1+guard": {"gamma": 0.002, "lambda_max": 4.0, "beta_benign": 2.0},
 }
 MIN_ACCURACY_SHARE, MAX_DEGENERATE = 0.90, 0.05
+TASK_TRAIN_PROBES = 32  # the shots file's task probes are all in a seed's sample
 
 
 def left_out(probes: list[Any], sample: list[Any]) -> list[Any]:
@@ -96,6 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     sample = sample_shots(probes, args.seed)
     shots = run.shot_file(args.task, args.seed)
     rest = left_out(probes, sample)
+    if not any(p.kind == "task" for p in rest):  # every task shot is in the sample: judge the task on training prompts
+        from registry.realworld.tasks import make_tasks
+
+        rest += list(make_tasks()[args.task].train[:TASK_TRAIN_PROBES])
     write_probes(args.work / f"left-out-{args.task}-seed{args.seed}.jsonl", rest)
     log(f"{args.task}: fit on {len(sample)} shots, judged on the {len(rest)} left out")
     reg = Registry.open(args.work / "home")
