@@ -22,6 +22,11 @@ class FitSettings:
     only the first that many tokens of each answer are learned (0: all). Both
     bound a step's cost on a real model; ``batch_size`` bounds one forward's rows.
 
+    ``gamma`` = 0.002 and ``lambda_max`` = 4 were chosen on the real world's shots
+    split, never its held-out prompts (``benchmarks/choose_fit_settings.py``,
+    ``benchmarks/results/fit-settings-choice-arithmetic.md``): at 0.01 and 2 the
+    fit left λ ≈ 0 on all but three blocks.
+
     Raises:
         InvalidInputError: a value outside its range (λ_max ≤ 0 would subtract
             the safety vector; a negative weight would reward the loss it weighs).
@@ -29,8 +34,8 @@ class FitSettings:
 
     beta: float = 1.0
     beta_benign: float = 1.0
-    gamma: float = 0.01
-    lambda_max: float = 2.0
+    gamma: float = 0.002
+    lambda_max: float = 4.0
     init: float = 0.5
     steps: int = 40
     lr: float = 0.1
