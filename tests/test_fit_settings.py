@@ -13,9 +13,9 @@ from registry.method.fit_settings import FitSettings
 
 
 @pytest.mark.parametrize("bad", [
-    {"lambda_max": -1.0}, {"lambda_max": 0.0}, {"init": -0.1}, {"init": 3.0}, {"steps": 0}, {"lr": 0.0},
+    {"lambda_max": -1.0}, {"lambda_max": 0.0}, {"init": -0.1}, {"init": 5.0}, {"steps": 0}, {"lr": 0.0},
     {"beta": -1.0}, {"beta_benign": -0.5}, {"gamma": -0.01}, {"batch_size": 0}, {"lr": float("nan")},
-    {"steps": 2.5}, {"beta": True},
+    {"steps": 2.5}, {"beta": True}, {"shots_per_step": -1}, {"answer_tokens": 1.5}, {"seed": -2},
 ])
 def test_the_api_refuses_nonsense(bad: dict[str, object]) -> None:
     with pytest.raises(InvalidInputError):
