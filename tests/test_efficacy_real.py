@@ -289,3 +289,25 @@ def test_per_task_runs_merge_into_one_table_and_refuse_to_mix() -> None:
         er.merge([a, {**b, "commit": "fedcba9876543210"}])
     with pytest.raises(SystemExit, match="twice"):
         er.merge([a, run("arithmetic")])
+
+
+def test_runs_whose_judge_files_differ_only_in_bytes_merge_with_every_hash_kept() -> None:
+    """safetensors writes metadata in hash order: the same judge may hash differently; nothing else may differ."""
+    er = _load("efficacy_real")
+    em = _load("efficacy_real_merge")
+
+    def run(task: str, sha: str, answers: int = 120) -> dict:  # type: ignore[type-arg]
+        doc = _real_json({"sha256": "ab" * 32, "files": []})
+        for r in doc["rows"]:
+            r.update(task=task, seconds={"eval": 9.0})
+        doc.update(tasks=[task], timings={"extract": 1.0}, wall_seconds=1.0, threads=1, world={}, vector={},
+                   settings={}, dirty=False, format="f", caption="c",
+                   judges={"answers": answers, "file_sha256": sha})  # fmt: skip
+        return doc
+
+    with pytest.raises(SystemExit, match="judges"):
+        er.merge([run("arithmetic", "11"), run("extract", "22")])
+    merged = em.merge_runs([run("arithmetic", "11"), run("extract", "22")])
+    assert merged["judges"] == {"answers": 120, "file_sha256": ["11", "22"]}
+    with pytest.raises(SystemExit, match="judges"):
+        em.merge_runs([run("arithmetic", "11"), run("extract", "22", answers=119)])
