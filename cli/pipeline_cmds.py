@@ -151,8 +151,10 @@ def eval_cmd(app: App, model_dir: Path, probes: Path, judge: str, scorer: str, b
         app.out.info(f"wrote {plot}")
     app.out.emit(data, lambda: app.out.table(
         f"eval of {model_dir}", ["metric", "value", "n"],
-        [["harmful response rate", _pct(data.get("harmful_rate")), data["n"].get("harmful")],
-         ["harmful compliance rate", _pct(data.get("harmful_compliance_rate")), data["n"].get("harmful")],
+        [["harmful: refused", _pct(data.get("refusal_rate")), data["n"].get("harmful")],
+         ["harmful: complied", _pct(data.get("harmful_compliance_rate")), data["n"].get("harmful")],
+         ["harmful: degenerate (not safe)", _pct(data.get("degenerate_rate")), data["n"].get("harmful")],
+         ["harmful response rate (not refused)", _pct(data.get("harmful_rate")), data["n"].get("harmful")],
          ["task accuracy", _pct(data.get("task_accuracy")), data["n"].get("task")],
          ["benign over-refusal", _pct(data.get("benign_refusal_rate")), data["n"].get("benign")]]))  # fmt: skip
 

@@ -101,3 +101,9 @@ def test_pipeline_runs_unchanged_on_gpt_neox(neox: dict[str, Path], tmp_path: Pa
     assert by_number["task_accuracy"] == 0.0
     bad = CliRunner().invoke(cli, [*home, "eval", str(out), "--probes", str(neox["shots"]), "--scorer", "nope"])
     assert bad.exit_code == 5 and "unknown scorer 'nope'" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    # a person reads the three verdicts on harmful prompts, not one rate that would hide breakage
+    shown = CliRunner().invoke(cli, ["--home", str(tmp_path / "home"), "eval", str(out), "--probes", str(neox["shots"]),
+                                     "--max-new-tokens", "4"])  # fmt: skip
+    assert shown.exit_code == 0
+    for row in ("harmful: refused", "harmful: complied", "harmful: degenerate", "benign over-refusal"):
+        assert row in shown.stdout, row
