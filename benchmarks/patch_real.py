@@ -46,10 +46,10 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.run([*sg, *home, "vector", "extract", "--aligned", str(args.world / "aligned"), "--degraded",
                         str(args.world / "degraded"), "--name", "smol-safety"], check=True)  # fmt: skip
         cmd = ["patch", str(args.world / f"task-{args.task}"), "--vector", "smol-safety", "--shots", str(shots),
-               "--layers", "all", "--out", f"{tmp}/patched", "--json"]  # fmt: skip
+               "--layers", "all", "--out", f"{tmp}/patched"]  # fmt: skip
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
-        out = subprocess.run([*sg, *home, *cmd], check=True, capture_output=True, text=True)
+        out = subprocess.run([*sg, *home, "--json", *cmd], check=True, capture_output=True, text=True)
         wall = time.perf_counter() - t0
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
     res = json.loads(out.stdout)
