@@ -23,7 +23,7 @@ from ..checkpoints.provenance import read_patch_metadata
 from ..checkpoints.reader import Checkpoint
 from ..errors import EventNotFoundError, IntegrityCheckError
 from ..store.atomic import LEASE_PREFIX, reclaim_partial
-from ..store.blobs import BlobStore
+from ..store.base import StaleTemp, Store
 from .log import AuditLog
 
 _CHUNK = 500  # shas per IN (...) list
@@ -74,7 +74,7 @@ class Integrity:
         audit: the audit log (chain walk, vector states, patch events).
     """
 
-    def __init__(self, catalog: Catalog, store: BlobStore, audit: AuditLog) -> None:
+    def __init__(self, catalog: Catalog, store: Store, audit: AuditLog) -> None:
         self.catalog = catalog
         self.store = store
         self.audit = audit
@@ -119,13 +119,13 @@ class Integrity:
                 problems.append(f"blob {sha[:12]}: in the catalog, missing from the store")
             elif deep:
                 try:
-                    self.store.get(sha, max_size=rows.get(sha))  # its raw size caps the decoding
+                    self.store.check(sha, max_size=rows.get(sha))  # its raw size caps the decoding
                 except IntegrityCheckError as exc:
                     problems.append(str(exc))
         for sha in sorted(layer_blobs - set(rows)):
             problems.append(f"blob {sha[:12]}: used by a vector but has no catalog row")
         removable = [f"unreferenced blob {sha[:12]}" for sha in sorted(on_disk - layer_blobs)]
-        removable += [f"temp file {p.name}" for p in self.store.stale_temp_files(older_than_s=0)]
+        removable += [f"temp file {t.name}" for t in self.store.stale_temps(older_than_s=0)]
         chain = self.audit.verify(verify_key=verify_key)
         problems += chain.problems
         problems += self.audit.check_vector_states()
@@ -144,27 +144,24 @@ class Integrity:
         """
         if dry_run:
             doomed, _, freed = self._unreferenced(time.time() - temp_age_s)
+            temps = self.store.stale_temps(older_than_s=temp_age_s)
         else:
+            # Temp leftovers go under the same lock: on an object store an unfinished
+            # upload is only known stale once no writer can be mid-way through it.
             with self.store.collecting():
                 doomed, with_rows, freed = self._unreferenced(time.time() - temp_age_s)
                 if with_rows:
-                    # Rows go before files: a crash in between leaves unreferenced files
-                    # (removable), never a row without its file.
+                    # Rows go before blobs: a crash in between leaves unreferenced blobs
+                    # (removable), never a row without its blob.
                     doomed = self.catalog.transaction(lambda s: _drop_rows(s, doomed))
                 for sha in doomed:
                     crashpoint("gc.delete-blob")
                     self.store.delete(sha)
-        temps = self.store.stale_temp_files(older_than_s=temp_age_s)
-        for t in temps:
-            try:
-                freed += t.stat().st_size
-            except FileNotFoundError:
-                continue
-            if not dry_run:
-                crashpoint("gc.delete-temp")
-                if t.name.startswith(LEASE_PREFIX):
-                    reclaim_partial(t)
-                t.unlink(missing_ok=True)
+                temps = self.store.stale_temps(older_than_s=temp_age_s)
+                for t in temps:
+                    crashpoint("gc.delete-temp")
+                    _remove_temp(t)
+        freed += sum(t.size for t in temps)
         return GcReport(doomed, [t.name for t in temps], freed)
 
     def _referenced(self) -> set[str]:
@@ -176,16 +173,21 @@ class Integrity:
         referenced = self._referenced()
         rows = self.catalog.read(lambda s: set(s.scalars(select(m.Blob.sha256))))
         doomed, freed = [], 0
-        for sha in sorted((set(self.store.iter_shas()) | rows) - referenced):
-            try:
-                st = self.store.path_for(sha).stat()
-            except FileNotFoundError:
-                doomed.append(sha)  # a row whose file is gone
-                continue
-            if st.st_mtime <= cutoff:
+        stored = {o.sha256: o for o in self.store.iter_objects()}
+        for sha in sorted((set(stored) | rows) - referenced):
+            obj = stored.get(sha)
+            if obj is None:
+                doomed.append(sha)  # a row whose blob is gone
+            elif obj.mtime <= cutoff:
                 doomed.append(sha)
-                freed += st.st_size
+                freed += obj.size
         return doomed, any(sha in rows for sha in doomed), freed
+
+
+def _remove_temp(t: StaleTemp) -> None:
+    if t.path is not None and t.name.startswith(LEASE_PREFIX):
+        reclaim_partial(t.path)  # the partial folder the lease names
+    t.remove()
 
 
 def _drop_rows(session: Session, shas: list[str]) -> list[str]:

@@ -28,7 +28,7 @@ from ..errors import AlreadyExistsError, IntegrityCheckError, NotFoundError
 from ..evaluation.probes import Probe
 from ..method.vectors import Vectors
 from ..store import codec as _codec
-from ..store.blobs import BlobInfo, BlobStore, atomic_write, sha256_hex
+from ..store.base import BlobInfo, Store, sha256_hex
 from ._bundle_manifest import FORMAT, VERSION
 from .bundle_format import DEFAULT_MAX_BYTES, BundleInfo, layer_summary, read_verified, write_bundle
 
@@ -68,18 +68,15 @@ def export_bundle(catalog: Catalog, vectors: Vectors, ref: str, out: str | Path,
 
     def stored() -> Iterator[tuple[str, bytes]]:  # one blob in memory at a time
         for sha in shas:
-            yield sha, vectors.store.path_for(sha).read_bytes()
+            yield sha, bytes(vectors.store.read_stored(sha))
 
     mhash = write_bundle(out_path, body, stored(), private=private)
     return BundleInfo(str(out_path.resolve()), vec.name, vec.hash, mhash, manifest["signer"],
                       out_path.stat().st_size, layer_summary(manifest["layers"]))  # fmt: skip
 
 
-def _blob_entry(store: BlobStore, sha: str) -> dict[str, Any]:
-    try:
-        stored = store.path_for(sha).read_bytes()
-    except FileNotFoundError:
-        raise IntegrityCheckError(f"blob {sha[:12]} is missing from the store; run `safegene verify`") from None
+def _blob_entry(store: Store, sha: str) -> dict[str, Any]:
+    stored = bytes(store.read_stored(sha))
     payload = _codec.decode(stored)
     if sha256_hex(payload) != sha:
         raise IntegrityCheckError(f"blob {sha[:12]} is corrupt in the store; run `safegene verify`")
@@ -172,22 +169,15 @@ def import_bundle(catalog: Catalog, vectors: Vectors, path: str | Path, *, name:
                          "bundle": ver.info.manifest_hash, "signer": ver.info.signer})  # fmt: skip
 
 
-def _install_blob(store: BlobStore, path: Path, blob: dict[str, Any], where: tuple[int, int, str]) -> BlobInfo:
+def _install_blob(store: Store, path: Path, blob: dict[str, Any], where: tuple[int, int, str]) -> BlobInfo:
     offset, size, stored_sha = where
     with open(path, "rb") as fh:
         fh.seek(offset)
         stored = fh.read(size)
     if sha256_hex(stored) != stored_sha:  # the file changed since it was verified
         raise IntegrityCheckError(f"{path}: blob {blob['sha256'][:12]} changed while importing; nothing registered")
-    sha = blob["sha256"]
-    if store.exists(sha):
-        return BlobInfo(sha, blob["codec"], blob["raw_size"], blob["stored_size"])
-    store.ensure()
-    target = store.path_for(sha)
-    target.parent.mkdir(exist_ok=True)
-    atomic_write(target, stored, tmp_dir=store.tmp_dir)
     # these bytes decoded to the payload named sha when the bundle was verified
-    return BlobInfo(sha, blob["codec"], blob["raw_size"], blob["stored_size"], stored_sha)
+    return store.install(blob["sha256"], stored, codec=blob["codec"], raw_size=blob["raw_size"])
 
 
 def _ensure_family(session: Session, fam: dict[str, Any]) -> None:

@@ -29,7 +29,7 @@ from .._threads import torch_threads
 from ..checkpoints.family import layer_of
 from ..checkpoints.reader import Checkpoint, ContentHasher, tensors_from_buffer
 from ..errors import InvalidInputError
-from ..store.blobs import BlobStore
+from ..store.base import Store
 
 if TYPE_CHECKING:
     import torch
@@ -98,14 +98,14 @@ def decode_slice(payload: bytes | bytearray | memoryview) -> dict[str, torch.Ten
     return tensors_from_buffer(payload, "vector slice")
 
 
-def extract_slices(store: BlobStore, a_ck: Checkpoint, d_ck: Checkpoint, slices: SlicePlan, encoding: str,
+def extract_slices(store: Store, a_ck: Checkpoint, d_ck: Checkpoint, slices: SlicePlan, encoding: str,
                    progress: Progress | None, *, order: list[int],
                    hashers: tuple[ContentHasher | None, ContentHasher | None] = (None, None),
                    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:  # fmt: skip
     """Compute every slice's ``aligned − degraded`` payload and write it to ``store``.
 
     Args:
-        store: where the blobs go (the caller holds :meth:`BlobStore.writing`
+        store: where the blobs go (the caller holds :meth:`Store.writing`
             until the catalog references them).
         a_ck, d_ck: the aligned and degraded checkpoints (same manifest).
         slices: the plan (:func:`plan_slices`).

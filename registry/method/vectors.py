@@ -26,7 +26,7 @@ from ..catalog.service import Catalog, PendingCheckpoint, current_actor
 from ..checkpoints.family import family_key, manifest_hash
 from ..checkpoints.reader import Checkpoint, ContentHasher
 from ..errors import AlreadyExistsError, IncompatibleError, InvalidInputError
-from ..store.blobs import BlobStore
+from ..store.base import Store
 from ..store.codec import Scratch
 from .extract import (
     ENCODINGS,
@@ -57,7 +57,7 @@ class Vectors:
         audit: records ``vector.register`` and ``vector.remove``.
     """
 
-    def __init__(self, catalog: Catalog, store: BlobStore, audit: AuditLog) -> None:
+    def __init__(self, catalog: Catalog, store: Store, audit: AuditLog) -> None:
         self.catalog = catalog
         self.store = store
         self.audit = audit
@@ -147,7 +147,7 @@ class Vectors:
                  event_extra: dict[str, Any] | None = None) -> VectorRecord:  # fmt: skip
         """Record a vector whose blobs are in the store: its row, layers, blob rows and ``vector.register`` event.
 
-        Call it under :meth:`BlobStore.writing` held since the blobs were written or found.
+        Call it under :meth:`Store.writing` held since the blobs were written or found.
 
         Args:
             name: catalog name.
@@ -249,7 +249,7 @@ class Vectors:
 
     def load_slice(self, vec: VectorRecord, lay: LayerRecord, *, scratch: Scratch | None = None,
                    row: BlobRow | None = None, verified: dict[str, str] | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
-        """One slice's tensors as fp32 (the tensors may view ``scratch``: see :meth:`BlobStore.get`).
+        """One slice's tensors as fp32 (the tensors may view ``scratch``: see :meth:`Store.get`).
 
         ``row``: the catalog's record of the blob: its raw size caps decoding and
         its file digest spares re-hashing the payload of a file verified before.
