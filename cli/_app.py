@@ -18,18 +18,22 @@ class App:
     db_url: str | None
     out: Output
     sign_key: Path | None = None
+    store_url: str | None = None
+    store_endpoint: str | None = None
     _registry: Registry | None = field(default=None, repr=False)
 
     def registry(self, *, create: bool = True) -> Registry:
         """The registry, opened on first use (an empty catalog is created)."""
         if self._registry is None:
-            self._registry = Registry.open(self.home, self.db_url, create=create, sign_key=self.sign_key)
+            self._registry = Registry.open(self.home, self.db_url, create=create, sign_key=self.sign_key,
+                                           store_url=self.store_url, store_endpoint=self.store_endpoint)
         return self._registry
 
     def raw_registry(self) -> Registry:
         """The registry without any schema check (for `init` and `db`)."""
         if self._registry is None:
-            self._registry = Registry(self.home, self.db_url, sign_key=self.sign_key)
+            self._registry = Registry(self.home, self.db_url, sign_key=self.sign_key, store_url=self.store_url,
+                                      store_endpoint=self.store_endpoint)
         return self._registry
 
     def close(self) -> None:

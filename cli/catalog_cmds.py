@@ -20,9 +20,10 @@ from .gguf_cmds import import_gguf_cmd
 def init(app: App) -> None:
     """Create the home, store and catalog, and run migrations (idempotent)."""
     res = app.raw_registry().init()
-    data = {"home": res.home, "db": res.db_url, "revision": res.revision, "previous": res.revision_before}
+    data = {"home": res.home, "db": res.db_url, "store": res.store, "revision": res.revision,
+            "previous": res.revision_before}
     app.out.emit(data, lambda: app.out.console.print(
-        f"registry ready at {res.home} (catalog {res.db_url}, schema {res.revision})"))
+        f"registry ready at {res.home} (catalog {res.db_url}, store {res.store}, schema {res.revision})"))
 
 
 @click.group("db")

@@ -24,6 +24,7 @@ from .audit.log import AuditLog
 from .audit.signing import load_key
 from .catalog.records import AuditRecord, CheckpointRecord, FamilyRecord, LayerRecord, VectorRecord
 from .catalog.service import ROLES, Catalog, current_actor
+from .errors import ConfigurationError, ConflictError, InvalidInputError
 from .evaluation.probes import Probe
 from .exchange.bundle_format import DEFAULT_MAX_BYTES, BundleInfo
 from .exchange.peft import PeftExport
@@ -33,8 +34,10 @@ from .method.patcher import Patcher, PatchResult
 from .method.pipeline import RecalibrationResult, Recalibrator
 from .method.resolve import Candidate, Resolver
 from .method.vectors import BlobRow, Vectors
-from .store.blobs import BlobStore
+from .store import location
+from .store.base import Store
 from .store.codec import Scratch
+from .store.migrate import MigrationReport, copy_blobs
 
 if TYPE_CHECKING:
     import torch
@@ -57,16 +60,21 @@ class InitResult:
     db_url: str
     revision_before: str | None
     revision: str | None
+    store: str = location.LOCAL
 
 
 class Registry:
-    """A catalog (SQL) and a blob store (directory) under one home, and the services over them.
+    """A catalog (SQL) and a blob store (directory or bucket), and the services over them.
 
     Args:
         home: registry home; default ``$SAFEGENE_HOME`` or ``~/.safegene``.
         db_url: catalog URL; default ``$SAFEGENE_DB_URL`` or a SQLite file in home.
         sign_key: PEM Ed25519 private key; every audit event appended through
             this handle is signed with it.
+        store_url: where the blobs live (:mod:`registry.store.location`): default
+            ``$SAFEGENE_STORE_URL``, else what the catalog records, else ``<home>/store``.
+        store_endpoint: an S3-compatible service's URL (default
+            ``$SAFEGENE_STORE_ENDPOINT``, else boto3's ``AWS_ENDPOINT_URL``).
 
     Use :meth:`open` rather than the constructor: it creates an empty catalog
     on first use and refuses an outdated one.
@@ -76,7 +84,7 @@ class Registry:
 
     * ``catalog`` (:class:`~registry.catalog.service.Catalog`): sessions and
       transactions, checkpoints, families.
-    * ``store`` (:class:`~registry.store.blobs.BlobStore`): content-addressed blobs.
+    * ``store`` (:class:`~registry.store.base.Store`): content-addressed blobs.
     * ``audit`` (:class:`~registry.audit.log.AuditLog`): the hash-chained events
       (append, list, show, verify, head), signed with ``sign_key``.
     * ``vectors`` (:class:`~registry.method.vectors.Vectors`): extraction,
@@ -90,35 +98,80 @@ class Registry:
     """
 
     def __init__(self, home: str | Path | None = None, db_url: str | None = None, *,
-                 sign_key: str | Path | None = None) -> None:  # fmt: skip
+                 sign_key: str | Path | None = None, store_url: str | None = None,
+                 store_endpoint: str | None = None) -> None:  # fmt: skip
         self.home = Path(home).expanduser() if home else default_home()
         self.db_url = db_url or os.environ.get("SAFEGENE_DB_URL") or (
             f"sqlite:///{(self.home / 'catalog.db').resolve()}"
         )
         self.catalog = Catalog(self.db_url)
-        self.store = BlobStore(self.home / "store")
+        self._store_asked = store_url or os.environ.get("SAFEGENE_STORE_URL") or None
+        self._store_endpoint = store_endpoint
         self.audit = AuditLog(self.catalog, load_key(Path(sign_key), private=True) if sign_key else None)
-        self.vectors = Vectors(self.catalog, self.store, self.audit)
+        self._wire(self._open_store(self._store_asked))
+
+    def _open_store(self, url: str | None) -> Store:
+        return location.open_store(url, home=self.home, lock=self.catalog.writers_lock,
+                                   endpoint=self._store_endpoint)  # fmt: skip
+
+    def _wire(self, store: Store) -> None:
+        self.store = store
+        store.guard = self._check_store_current
+        self.vectors = Vectors(self.catalog, store, self.audit)
         self.recalibrator = Recalibrator(self.catalog, self.vectors, self.audit)
         self.resolver = Resolver(self.catalog)
         self.patcher = Patcher(self.catalog, self.vectors, self.recalibrator, self.audit)
         self.exchange = Exchange(self.catalog, self.vectors, self.recalibrator)
-        self.integrity = Integrity(self.catalog, self.store, self.audit)
+        self.integrity = Integrity(self.catalog, store, self.audit)
 
     @classmethod
     def open(cls, home: str | Path | None = None, db_url: str | None = None, *, create: bool = True,
-             sign_key: str | Path | None = None) -> Self:  # fmt: skip
+             sign_key: str | Path | None = None, store_url: str | None = None,
+             store_endpoint: str | None = None) -> Self:  # fmt: skip
         """Open a registry, creating home and an empty catalog when ``create``.
 
         Raises:
             SchemaOutdatedError: the catalog needs `safegene db upgrade` (never upgraded implicitly).
         """
-        reg = cls(home, db_url, sign_key=sign_key)
+        reg = cls(home, db_url, sign_key=sign_key, store_url=store_url, store_endpoint=store_endpoint)
         if create:
             reg.home.mkdir(parents=True, exist_ok=True)
-            reg.store.ensure()
         reg.catalog.ensure_schema(create=create)
+        reg._locate_store(record=create)
+        if create:
+            reg.store.ensure()
         return reg
+
+    def _locate_store(self, *, record: bool) -> None:
+        """Use the store the catalog records; refuse a --store that disagrees with it.
+
+        Raises:
+            ConfigurationError: the catalog's blobs are elsewhere than the store asked for.
+        """
+        recorded = self.catalog.get_setting(location.SETTING)
+        asked = location.canonical_url(self._store_asked, self.home) if self._store_asked else None
+        if recorded is None:
+            if asked is None or asked == location.LOCAL:
+                return
+            if self.catalog.count_blobs():
+                raise ConfigurationError(
+                    f"this catalog's blobs are in {self.home / 'store'}, not {asked}: move them first with "
+                    f"`safegene store migrate --to {asked}`")  # fmt: skip
+            if record:
+                self.store.ensure()  # a bucket that answers, before the catalog points at it
+                self.catalog.set_setting(location.SETTING, asked)
+            return
+        if asked is not None and asked != recorded:
+            raise ConfigurationError(
+                f"this catalog's blobs live in {recorded}, not {asked}: drop --store / SAFEGENE_STORE_URL, "
+                f"or move them with `safegene store migrate --to {asked}`")  # fmt: skip
+        if location.canonical_url(self.store.url, self.home) != recorded:
+            self._wire(self._open_store(recorded))
+
+    def _check_store_current(self) -> None:
+        recorded = self.catalog.get_setting(location.SETTING) or location.LOCAL
+        if location.canonical_url(recorded, self.home) != location.canonical_url(self.store.url, self.home):
+            raise ConflictError(f"the catalog's blobs moved to {recorded} while this command waited; run it again")
 
     def close(self) -> None:
         self.catalog.close()
@@ -132,9 +185,15 @@ class Registry:
     def init(self) -> InitResult:
         """Create home, store and catalog, and run migrations (idempotent)."""
         self.home.mkdir(parents=True, exist_ok=True)
-        self.store.ensure()
         before, after = self.catalog.upgrade()
-        return InitResult(str(self.home), self.catalog.safe_url, before, after)
+        self._locate_store(record=True)
+        self.store.ensure()
+        return InitResult(str(self.home), self.catalog.safe_url, before, after, self.store_location)
+
+    @property
+    def store_location(self) -> str:
+        """Where the blobs live, as the catalog records it (``local``: HOME/store)."""
+        return location.canonical_url(self.store.url, self.home)
 
     # --- catalog ------------------------------------------------------------------
 
@@ -280,3 +339,32 @@ class Registry:
 
     def gc(self, *, dry_run: bool = False, temp_age_s: float = 3600.0) -> GcReport:
         return self.integrity.gc(dry_run=dry_run, temp_age_s=temp_age_s)
+
+    # --- store -----------------------------------------------------------------------
+
+    def migrate_store(self, to: str, *, dry_run: bool = False, progress: Progress | None = None) -> MigrationReport:
+        """Copy every blob into the store ``to`` names, verified, then point the catalog at it.
+
+        Resumable: blobs already there are skipped. The old store is left as it
+        was (remove it once satisfied). Writers and gc wait meanwhile.
+
+        Raises:
+            InvalidInputError: the blobs are already there.
+            IntegrityCheckError: a blob fails its check; the catalog is not switched.
+        """
+        target_url = location.canonical_url(to, self.home)
+        source_url = location.canonical_url(self.store.url, self.home)
+        if target_url == source_url:
+            raise InvalidInputError(f"the blobs are already in {target_url}; nothing to migrate")
+        target = self._open_store(target_url)
+        if not dry_run:
+            target.ensure()
+        referenced = self.integrity.referenced_blobs()
+        with self.store.collecting():
+            blobs, copied, present, nbytes = copy_blobs(self.store, target, referenced=referenced,
+                                                        dry_run=dry_run, progress=progress)  # fmt: skip
+            if not dry_run:
+                self.catalog.set_setting(location.SETTING, target_url)
+        if not dry_run:
+            self._wire(target)
+        return MigrationReport(source_url, target_url, blobs, copied, present, nbytes, dry_run, not dry_run)

@@ -101,3 +101,7 @@ class IntegrityCheckError(RegistryError, ValueError):
 
 class ConflictError(RegistryError, RuntimeError):
     """A concurrent writer won a race that could not be retried."""
+
+
+class StoreUnavailableError(ConfigurationError):
+    """The blob store does not answer, or refuses these credentials or this bucket."""

@@ -164,6 +164,10 @@ class Integrity:
         freed += sum(t.size for t in temps)
         return GcReport(doomed, [t.name for t in temps], freed)
 
+    def referenced_blobs(self) -> set[str]:
+        """Every blob a vector layer references."""
+        return self._referenced()
+
     def _referenced(self) -> set[str]:
         return self.catalog.read(lambda s: set(s.scalars(select(m.VectorLayer.blob_sha256).distinct())))
 

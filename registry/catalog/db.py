@@ -36,9 +36,10 @@ MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 # The newest migration's revision (a test checks it is the scripts' head). Opening
 # a catalog compares its version row with this, without loading Alembic (about
 # 0.1 s of imports that every command would otherwise pay).
-HEAD_REVISION = "0004"
+HEAD_REVISION = "0005"
 _PG_LOCK_KEY = 0x5AFE6E1E  # advisory lock id for migrations
 AUDIT_LOCK_KEY = 0x5AFE6E1A  # advisory lock id for audit appends
+_STORE_LOCK_KEY = 0x5AFE6E5B  # advisory lock id for blob writers (shared) and gc (exclusive)
 _BUSY_MS = 60_000
 
 
@@ -208,6 +209,31 @@ def migration_lock(engine: Engine) -> Iterator[None]:
         finally:
             conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _PG_LOCK_KEY})
             conn.commit()
+
+
+@contextlib.contextmanager
+def writers_lock(engine: Engine, *, exclusive: bool) -> Iterator[None]:
+    """The store's writers/collector lock, held in the catalog so that every host sees it.
+
+    PostgreSQL: a session advisory lock on a connection of its own, released by
+    the server if this process dies. SQLite (one host): a file lock beside the file.
+    """
+    if is_sqlite(engine):
+        path = _sqlite_path(str(engine.url))
+        assert path is not None
+        with open(str(path) + ".writers-lock", "a+b") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            yield  # closing the file releases the lock
+        return
+    lock, unlock = ("pg_advisory_lock", "pg_advisory_unlock") if exclusive else (
+        "pg_advisory_lock_shared", "pg_advisory_unlock_shared")
+    with engine.connect() as conn:
+        conn = conn.execution_options(isolation_level="AUTOCOMMIT")  # never idle in a transaction
+        conn.execute(text(f"SELECT {lock}(:k)"), {"k": _STORE_LOCK_KEY})
+        try:
+            yield
+        finally:
+            conn.execute(text(f"SELECT {unlock}(:k)"), {"k": _STORE_LOCK_KEY})
 
 
 def upgrade(engine: Engine, revision: str = "head") -> tuple[str | None, str | None]:

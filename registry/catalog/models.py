@@ -196,3 +196,12 @@ class AuditEvent(Base):
     # covered by entry_hash from hash_version 2 on; the signature signs entry_hash).
     signer: Mapped[str | None] = mapped_column(String(64), nullable=True)
     signature: Mapped[str | None] = mapped_column(String(128), nullable=True)
+
+
+class Setting(Base):
+    """Catalog-wide settings every host reads: ``store.url`` (where the blobs live)."""
+
+    __tablename__ = "settings"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)

@@ -9,6 +9,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import socket
@@ -129,6 +130,26 @@ class Catalog:
         """Run ``fn`` in a read-only session."""
         with db.session_scope(self._read_factory) as session:
             return fn(session)
+
+    def writers_lock(self, *, exclusive: bool) -> contextlib.AbstractContextManager[None]:
+        """The store's writers (shared) / collector (exclusive) lock, seen by every host of this catalog."""
+        return db.writers_lock(self.engine, exclusive=exclusive)
+
+    def get_setting(self, key: str) -> str | None:
+        return self.read(lambda s: s.scalar(select(m.Setting.value).where(m.Setting.key == key)))
+
+    def set_setting(self, key: str, value: str) -> None:
+        def write(session: Session) -> None:
+            row = session.get(m.Setting, key)
+            if row is None:
+                session.add(m.Setting(key=key, value=value))
+            else:
+                row.value = value
+
+        self.transaction(write)
+
+    def count_blobs(self) -> int:
+        return self.read(lambda s: int(s.scalar(select(func.count()).select_from(m.Blob)) or 0))
 
     # --- checkpoints -------------------------------------------------------------
 

@@ -161,6 +161,9 @@ class Store(abc.ABC):
 
     url: str  # where the blobs live, as `--store` takes it
     tmp_dir: Path
+    # Called once :meth:`writing` holds the lock: the registry checks there that the
+    # catalog still points at this store (``store migrate`` may have moved it meanwhile).
+    guard: Callable[[], None] | None = None
 
     # --- primitives a backend supplies -----------------------------------------
 
@@ -300,6 +303,8 @@ class Store(abc.ABC):
     def writing(self) -> Iterator[None]:
         """Hold while writing or reusing blobs until the catalog references them (shared)."""
         with self._lock(exclusive=False):
+            if self.guard is not None:
+                self.guard()
             yield
 
     @contextlib.contextmanager
