@@ -38,7 +38,7 @@ from pathlib import Path
 
 from .._faults import crashpoint
 from ..errors import AlreadyExistsError, InvalidInputError
-from .blobs import fsync_path
+from .base import fsync_path
 from .leases import host_token
 
 LEASE_PREFIX = "patch-lease."

@@ -100,8 +100,14 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes | list[bytes], *, tmp_dir: Path | None = None) -> None:
-    """Write ``data`` (bytes, or consecutive parts) to ``path`` via a unique temp file, fsync and rename."""
+def atomic_write(path: Path, data: bytes | list[bytes], *, tmp_dir: Path | None = None,
+                 replace: bool = True) -> bool:  # fmt: skip
+    """Write ``data`` (bytes, or consecutive parts) to ``path`` via a unique temp file, fsync and rename.
+
+    With ``replace=False`` an existing ``path`` is kept (write-once) and False returned.
+    """
+    from .atomic import rename_noreplace  # atomic imports this module
+
     tmp_dir = tmp_dir or path.parent
     tmp = tmp_dir / f"{path.name}.{host_token()}.{os.getpid()}.{secrets.token_hex(4)}{TEMP_SUFFIX}"
     try:
@@ -114,9 +120,16 @@ def atomic_write(path: Path, data: bytes | list[bytes], *, tmp_dir: Path | None 
             fh.flush()
             os.fsync(fh.fileno())
         crashpoint("store.before-rename")
-        os.replace(tmp, path)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            try:
+                rename_noreplace(tmp, path)
+            except FileExistsError:
+                return False
         fsync_path(path.parent)
         crashpoint("store.renamed")
+        return True
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -89,7 +89,7 @@ class BlobStore(Store):
         path = self.path_for(sha)
         self.ensure()
         path.parent.mkdir(exist_ok=True)
-        atomic_write(path, parts, tmp_dir=self.tmp_dir)
+        atomic_write(path, parts, tmp_dir=self.tmp_dir, replace=False)
 
     def read_stored(self, sha: str, scratch: _codec.Scratch | None = None) -> _codec.Buffer:
         path = self.path_for(sha)

@@ -4,7 +4,8 @@
 * an absolute path or ``file:///path``: a directory elsewhere;
 * ``s3://bucket/prefix``: an S3-compatible bucket (:mod:`registry.store.s3`), with
   a read-through cache in ``$SAFEGENE_CACHE_DIR`` (default ``<home>/cache``) of at
-  most ``$SAFEGENE_CACHE_MAX_BYTES`` (default 10 GiB; ``0`` turns it off).
+  most ``$SAFEGENE_CACHE_MAX_BYTES`` (default 10 GiB; ``0`` turns it off); blobs of
+  ``$SAFEGENE_S3_MULTIPART_THRESHOLD`` or more (default 64 MiB) go up in parts.
 
 The catalog records where its blobs live (the ``store.url`` setting), so that
 every host opening it finds them; ``safegene store migrate`` moves them.
@@ -57,13 +58,15 @@ def open_store(url: str | None, *, home: Path, lock: Lock, endpoint: str | None 
         return BlobStore(home / "store")
     if not where.startswith("s3://"):
         return BlobStore(where)
-    from .s3 import S3BlobStore
+    from .s3 import MULTIPART_THRESHOLD, S3BlobStore
 
     cache_dir = Path(os.environ.get("SAFEGENE_CACHE_DIR") or home / "cache").expanduser()
     max_bytes = parse_size(os.environ.get("SAFEGENE_CACHE_MAX_BYTES"), DEFAULT_MAX_BYTES)
+    threshold = parse_size(os.environ.get("SAFEGENE_S3_MULTIPART_THRESHOLD"), MULTIPART_THRESHOLD)
     return S3BlobStore(where, lock=lock, tmp_dir=home / "store" / "tmp",
                        cache=ReadCache(cache_dir, max_bytes=max_bytes) if max_bytes > 0 else None,
-                       endpoint=endpoint or os.environ.get("SAFEGENE_STORE_ENDPOINT") or None)  # fmt: skip
+                       endpoint=endpoint or os.environ.get("SAFEGENE_STORE_ENDPOINT") or None,
+                       multipart_threshold=threshold)  # fmt: skip
 
 
 def parse_size(text: str | None, default: int) -> int:
@@ -76,6 +79,7 @@ def parse_size(text: str | None, default: int) -> int:
         return default
     m = _SIZE_RE.match(text)
     if not m:
-        raise ConfigurationError(f"SAFEGENE_CACHE_MAX_BYTES={text!r} is not a size (e.g. 10G, 512M, 0)")
+        raise ConfigurationError(f"{text!r} is not a size (e.g. 10G, 512M, 0): fix SAFEGENE_CACHE_MAX_BYTES "
+                                 "or SAFEGENE_S3_MULTIPART_THRESHOLD")
     unit = (m.group(2) or "")[:1].lower()
     return int(m.group(1)) * 1024 ** " kmgt".index(unit or " ")

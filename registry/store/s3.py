@@ -41,6 +41,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from .._faults import crashpoint
 from .._version import __version__
 from ..errors import ConfigurationError, IntegrityCheckError, StoreUnavailableError
 from . import codec as _codec
@@ -121,7 +122,7 @@ class S3BlobStore(Store):
         self.client = client if client is not None else s3_client(endpoint, max_attempts=max_attempts)
         self.tmp_dir = Path(tmp_dir)
         self.cache = cache
-        self.multipart_threshold = max(multipart_threshold, part_size)
+        self.multipart_threshold = multipart_threshold
         self.part_size = part_size
         self.max_attempts = max_attempts
         self.conditional_writes = True  # cleared on the first 501 to If-None-Match
@@ -261,6 +262,7 @@ class S3BlobStore(Store):
         except _NotImplemented:
             self.conditional_writes = False
             return self._put(key, body)
+        crashpoint("s3.put-done")
         return True
 
     def _multipart(self, key: str, parts: list[bytes], size: int) -> bool:
@@ -273,7 +275,9 @@ class S3BlobStore(Store):
                 resp = self._call("UploadPart", lambda n=number, c=chunk: self.client.upload_part(
                     Bucket=self.bucket, Key=key, UploadId=uid, PartNumber=n, Body=c))  # fmt: skip
                 done.append({"PartNumber": number, "ETag": resp["ETag"]})
+                crashpoint("s3.part-uploaded")
             extra = {"IfNoneMatch": "*"} if self.conditional_writes else {}
+            crashpoint("s3.before-complete")
             self._call("CompleteMultipartUpload", lambda: self.client.complete_multipart_upload(
                 Bucket=self.bucket, Key=key, UploadId=uid, MultipartUpload={"Parts": done}, **extra))  # fmt: skip
             return True
