@@ -158,7 +158,7 @@ class Registry:
                     f"this catalog's blobs are in {self.home / 'store'}, not {asked}: move them first with "
                     f"`safegene store migrate --to {asked}`")  # fmt: skip
             if record:
-                self.store.ensure()  # a bucket that answers, before the catalog points at it
+                self.store.probe()  # a bucket that answers, before the catalog points at it
                 self.catalog.set_setting(location.SETTING, asked)
             return
         if asked is not None and asked != recorded:
@@ -185,9 +185,11 @@ class Registry:
     def init(self) -> InitResult:
         """Create home, store and catalog, and run migrations (idempotent)."""
         self.home.mkdir(parents=True, exist_ok=True)
+        if self._store_asked:
+            self.store.probe()  # an unusable --store fails before anything is created
         before, after = self.catalog.upgrade()
         self._locate_store(record=True)
-        self.store.ensure()
+        self.store.probe()
         return InitResult(str(self.home), self.catalog.safe_url, before, after, self.store_location)
 
     @property
@@ -357,8 +359,7 @@ class Registry:
         if target_url == source_url:
             raise InvalidInputError(f"the blobs are already in {target_url}; nothing to migrate")
         target = self._open_store(target_url)
-        if not dry_run:
-            target.ensure()
+        target.probe()
         referenced = self.integrity.referenced_blobs()
         with self.store.collecting():
             blobs, copied, present, nbytes = copy_blobs(self.store, target, referenced=referenced,

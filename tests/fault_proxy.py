@@ -8,7 +8,8 @@ forwarded to the real server unless a rule says otherwise:
 * ``truncate``: answer with the real headers (Content-Length included) and half the body, then close;
 * ``corrupt``: answer in full, with one byte of the body flipped;
 * ``slow-down``: answer 503 SlowDown (S3's throttling) without forwarding;
-* ``delay``: wait ``delay_s`` before forwarding.
+* ``delay``: wait ``delay_s`` before forwarding;
+* ``pass``: forward untouched (a rule that only counts, or shields the first requests from later rules).
 
 A rule matches a method and a substring of the path, and fires ``times`` times
 (-1: always). ``hits`` counts the requests each rule broke.

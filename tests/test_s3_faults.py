@@ -118,4 +118,4 @@ def test_a_slow_answer_times_out_and_is_retried(tmp_path: Path, s3_endpoint: str
 def test_an_unreachable_service_is_one_clear_error(tmp_path: Path, bucket: str) -> None:
     store = make_s3_store(tmp_path, "http://127.0.0.1:9", bucket, max_attempts=1)  # nothing listens on port 9
     with pytest.raises(StoreUnavailableError, match="check --store-endpoint"):
-        store.ensure()
+        store.probe()

@@ -206,6 +206,8 @@ def test_the_writers_lock_on_postgresql_spans_processes_and_dies_with_its_holder
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         got = threading.Event()
         catalog = Catalog(pg_url)
+        with catalog.writers_lock(exclusive=False):
+            pass  # other writers share it
 
         def collect() -> None:
             with catalog.writers_lock(exclusive=True):
@@ -214,8 +216,6 @@ def test_the_writers_lock_on_postgresql_spans_processes_and_dies_with_its_holder
         t = threading.Thread(target=collect, daemon=True)
         t.start()
         assert not got.wait(1.0)  # another process's writer holds it
-        with catalog.writers_lock(exclusive=False):
-            pass  # other writers share it
         holder.kill()  # SIGKILL: the server ends its session and releases the lock
         assert got.wait(15)
         catalog.close()

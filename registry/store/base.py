@@ -184,6 +184,14 @@ class Store(abc.ABC):
     def ensure(self) -> None:
         """Create what the store needs (folders; checks that a bucket answers)."""
 
+    def probe(self) -> None:
+        """Check that the store answers (a bucket exists and these credentials reach it).
+
+        Raises:
+            StoreUnavailableError: it does not.
+        """
+        self.ensure()
+
     @abc.abstractmethod
     def exists(self, sha: str) -> bool: ...
 

@@ -136,7 +136,10 @@ class S3BlobStore(Store):
     # --- primitives ------------------------------------------------------------
 
     def ensure(self) -> None:
-        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)  # the bucket is only contacted when used
+
+    def probe(self) -> None:
+        self.ensure()
         self._call("HeadBucket", lambda: self.client.head_bucket(Bucket=self.bucket))
 
     def exists(self, sha: str) -> bool:
