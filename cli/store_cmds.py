@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from registry.store.cache import ReadCache
+
 from ._app import App, pass_app
 from ._output import human_bytes
 
@@ -19,17 +21,17 @@ def store_info(app: App) -> None:
     """Show the store the catalog uses, its blobs, and the local read cache."""
     reg = app.registry()
     objects = list(reg.store.iter_objects())
-    cache = getattr(reg.store, "cache", None)
+    stored_bytes = sum(o.size for o in objects)
+    cache: ReadCache | None = getattr(reg.store, "cache", None)
     cached = cache.usage() if cache is not None else None
-    data = {"store": reg.store_location, "blobs": len(objects), "stored_bytes": sum(o.size for o in objects),
-            "cache": None if cache is None else {"blobs": cached[0], "bytes": cached[1],  # type: ignore[index]
-                                                 "max_bytes": cache.max_bytes}}  # fmt: skip
+    data = {"store": reg.store_location, "blobs": len(objects), "stored_bytes": stored_bytes,
+            "cache": None if cache is None or cached is None else {
+                "dir": str(cache.root), "blobs": cached[0], "bytes": cached[1], "max_bytes": cache.max_bytes}}  # fmt: skip
 
     def human() -> None:
-        app.out.console.print(f"store {data['store']}: {data['blobs']} blob(s), "
-                              f"{human_bytes(int(data['stored_bytes']))}")  # fmt: skip
-        if cached is not None:
-            app.out.console.print(f"read cache: {cached[0]} blob(s), {human_bytes(cached[1])} "
+        app.out.console.print(f"store {reg.store_location}: {len(objects)} blob(s), {human_bytes(stored_bytes)}")
+        if cache is not None and cached is not None:
+            app.out.console.print(f"read cache {cache.root}: {cached[0]} blob(s), {human_bytes(cached[1])} "
                                   f"of at most {human_bytes(cache.max_bytes)}")  # fmt: skip
 
     app.out.emit(data, human)

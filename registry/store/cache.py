@@ -72,7 +72,7 @@ class ReadCache:
         return len(entries), sum(size for _, size, _ in entries)
 
     def _entries(self) -> list[tuple[float, int, Path]]:
-        out = []
+        out: list[tuple[float, int, Path]] = []
         if not self.blob_dir.is_dir():
             return out
         for sub in self.blob_dir.iterdir():

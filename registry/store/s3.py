@@ -33,6 +33,7 @@ vector's decoding; the bench (``benchmarks/store_s3.py``) measures it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import random
 import re
@@ -223,7 +224,7 @@ class S3BlobStore(Store):
                 if up["Initiated"].timestamp() < cutoff:
                     key, uid = up["Key"], up["UploadId"]
                     out.append(StaleTemp(f"upload {key.rpartition('/')[2][:12]} ({uid[:8]})", 0, None,
-                                         lambda k=key, u=uid: self._abort(k, u)))  # fmt: skip
+                                         functools.partial(self._abort, key, uid)))  # fmt: skip
         return out
 
     def _lock(self, *, exclusive: bool) -> contextlib.AbstractContextManager[None]:
@@ -235,20 +236,23 @@ class S3BlobStore(Store):
             stored_sha256: str | None = None,
             on_verified: Callable[[str], None] | None = None) -> bytes | bytearray | memoryview:  # fmt: skip
         """As :meth:`Store.get`; a cached copy is verified like a download, and a download is cached."""
-        check = {"max_size": max_size, "scratch": scratch, "stored_sha256": stored_sha256, "on_verified": on_verified}
+        def check(stored: _codec.Buffer) -> bytes | bytearray | memoryview:
+            return verify_stored(sha, stored, max_size=max_size, scratch=scratch, stored_sha256=stored_sha256,
+                                 on_verified=on_verified)  # fmt: skip
+
         cached = self.cache.read(check_sha(sha)) if self.cache is not None else None
         if cached is not None:
             try:
-                return verify_stored(sha, cached, **check)
+                return check(cached)
             except IntegrityCheckError:
                 assert self.cache is not None
                 self.cache.drop(sha)  # a damaged copy: fetch the blob again
         stored = self.read_stored(sha)
         try:
-            payload = verify_stored(sha, stored, **check)
+            payload = check(stored)
         except IntegrityCheckError:
             stored = self.read_stored(sha)  # corrupted on the way? once more, then refuse
-            payload = verify_stored(sha, stored, **check)
+            payload = check(stored)
         if self.cache is not None:
             self.cache.put(sha, stored)
         return payload
@@ -275,8 +279,9 @@ class S3BlobStore(Store):
         try:
             done = []
             for number, chunk in enumerate(_chunks(parts, self.part_size), start=1):
-                resp = self._call("UploadPart", lambda n=number, c=chunk: self.client.upload_part(
-                    Bucket=self.bucket, Key=key, UploadId=uid, PartNumber=n, Body=c))  # fmt: skip
+                upload = functools.partial(self.client.upload_part, Bucket=self.bucket, Key=key, UploadId=uid,
+                                           PartNumber=number, Body=chunk)  # fmt: skip
+                resp = self._call("UploadPart", upload)
                 done.append({"PartNumber": number, "ETag": resp["ETag"]})
                 crashpoint("s3.part-uploaded")
             extra = {"IfNoneMatch": "*"} if self.conditional_writes else {}
