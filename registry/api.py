@@ -137,12 +137,12 @@ class Registry:
         if create:
             reg.home.mkdir(parents=True, exist_ok=True)
         reg.catalog.ensure_schema(create=create)
-        reg._locate_store(record=create)
+        reg.locate_store(record=create)
         if create:
             reg.store.ensure()
         return reg
 
-    def _locate_store(self, *, record: bool) -> None:
+    def locate_store(self, *, record: bool) -> None:
         """Use the store the catalog records; refuse a --store that disagrees with it.
 
         Raises:
@@ -188,7 +188,7 @@ class Registry:
         if self._store_asked:
             self.store.probe()  # an unusable --store fails before anything is created
         before, after = self.catalog.upgrade()
-        self._locate_store(record=True)
+        self.locate_store(record=True)
         self.store.probe()
         return InitResult(str(self.home), self.catalog.safe_url, before, after, self.store_location)
 

@@ -1,5 +1,9 @@
 """SIGKILL at randomized crash points (reproducible by seed), then verify, gc and re-run.
 
+Each command is killed on both store backends: the local directory and an S3
+bucket on loopback (moto's server; the killed writer leaves a multipart upload
+or nothing, never a partial object).
+
 Each command runs in a subprocess with ``SAFEGENE_FAULT_KILL_AT=N``: the N-th
 crash point it reaches (before/after temp writes, fsyncs, renames, commits;
 see ``registry/_faults.py``) kills it with SIGKILL. A first run with ``count``
@@ -13,6 +17,8 @@ import random
 import shutil
 import subprocess
 import sys
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -20,7 +26,10 @@ from click.testing import CliRunner
 
 from cli.main import cli
 from registry.api import Registry
+from registry.catalog.service import Catalog
 from registry.checkpoints.reader import Checkpoint
+from registry.store.location import SETTING
+from tests.s3_fixtures import s3_admin
 
 SEED = int(os.environ.get("SAFEGENE_CRASH_SEED", "20261128"))
 KILLS_PER_COMMAND = 7  # a seeded sample per command; the `slow` variant kills at every point
@@ -32,18 +41,58 @@ def _run(home: Path, args: list[str], kill_at: str, log: Path) -> subprocess.Com
                           capture_output=True, timeout=300)
 
 
-@pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory, tiny_models: dict[str, Path]) -> Path:
+def _build_template(home: Path, tiny: dict[str, Path], store_url: str | None = None) -> Path:
     """A registry home with the pair registered and one vector (for patch and gc)."""
-    home = tmp_path_factory.mktemp("crash-template") / "home"
-    reg = Registry.open(home)
-    reg.extract_vector(tiny_models["llama"], tiny_models["llama_b"], name="v")
+    reg = Registry.open(home, store_url=store_url)
+    reg.extract_vector(tiny["llama"], tiny["llama_b"], name="v")
     for i in range(6):
         reg.store.put(f"orphan blob {i} for gc to collect".encode())
     for i in range(2):
         (reg.store.tmp_dir / f"{'0' * 64}.999999{i}.dead.tmp").write_bytes(b"stale temp")
     reg.close()
     return home
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory, tiny_models: dict[str, Path]) -> Path:
+    return _build_template(tmp_path_factory.mktemp("crash-template") / "home", tiny_models)
+
+
+@pytest.fixture(scope="module")
+def s3_template(tmp_path_factory: pytest.TempPathFactory, tiny_models: dict[str, Path],
+                s3_endpoint: str) -> Iterator[tuple[Path, str]]:  # fmt: skip
+    """The same registry with its blobs in a bucket (under the prefix `template`)."""
+    bucket = f"sg-crash-{uuid.uuid4().hex[:12]}"
+    s3_admin(s3_endpoint).create_bucket(Bucket=bucket)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SAFEGENE_STORE_ENDPOINT", s3_endpoint)
+        home = tmp_path_factory.mktemp("crash-template-s3") / "home"
+        yield _build_template(home, tiny_models, f"s3://{bucket}/template"), bucket
+
+
+@pytest.fixture(params=["local", "s3"])
+def clone(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Callable[[Path], Path]:
+    """Copies the template registry to a new home (and, for S3, its blobs to a new prefix)."""
+    if request.param == "local":
+        local: Path = request.getfixturevalue("template")
+        return lambda dest: Path(shutil.copytree(local, dest))
+    home, bucket = request.getfixturevalue("s3_template")
+    endpoint = request.getfixturevalue("s3_endpoint")
+    monkeypatch.setenv("SAFEGENE_STORE_ENDPOINT", endpoint)  # for this process and the killed children
+    admin = s3_admin(endpoint)
+
+    def copy(dest: Path) -> Path:
+        shutil.copytree(home, dest)
+        prefix = f"{dest.name}-{uuid.uuid4().hex[:8]}"
+        for obj in admin.list_objects_v2(Bucket=bucket, Prefix="template/").get("Contents", []):
+            admin.copy_object(Bucket=bucket, Key=prefix + obj["Key"][len("template"):],
+                              CopySource={"Bucket": bucket, "Key": obj["Key"]})  # fmt: skip
+        catalog = Catalog(f"sqlite:///{(dest / 'catalog.db').resolve()}")
+        catalog.set_setting(SETTING, f"s3://{bucket}/{prefix}")
+        catalog.close()
+        return dest
+
+    return copy
 
 
 def _commands(tiny: dict[str, Path], out: Path) -> dict[str, list[str]]:
@@ -65,13 +114,12 @@ COMMANDS = ["model add", "vector extract", "patch", "patch --force", "gc"]
 
 @pytest.mark.parametrize("every", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["sample", "every-point"])
 @pytest.mark.parametrize("command", COMMANDS)
-def test_sigkill_anywhere_leaves_a_consistent_registry(command: str, every: bool, template: Path,
+def test_sigkill_anywhere_leaves_a_consistent_registry(command: str, every: bool, clone: Callable[[Path], Path],
                                                        tiny_models: dict[str, Path], tmp_path: Path) -> None:
     rng = random.Random(f"{SEED}-{command}")
     old_model = tiny_models["llama"]
     old_hash = Checkpoint(old_model).content_hash()
-    counting = tmp_path / "count"
-    shutil.copytree(template, counting)
+    counting = clone(tmp_path / "count")
     log = tmp_path / "count.log"
     out = tmp_path / "count-out"
     if command == "patch --force":
@@ -84,8 +132,7 @@ def test_sigkill_anywhere_leaves_a_consistent_registry(command: str, every: bool
     everything = range(1, len(points) + 1)
     picks = list(everything) if every else sorted(rng.sample(everything, min(KILLS_PER_COMMAND, len(points))))
     for k in picks:
-        home, out = tmp_path / f"home-{k}", tmp_path / f"out-{k}"
-        shutil.copytree(template, home)
+        home, out = clone(tmp_path / f"home-{k}"), tmp_path / f"out-{k}"
         if command == "patch --force":
             shutil.copytree(old_model, out)
         args = _commands(tiny_models, out)[command]
