@@ -11,7 +11,15 @@ import click
 from registry import __version__
 from registry.errors import RegistryError
 
-from . import audit_cmds, catalog_cmds, exchange_cmds, pipeline_cmds, toy_cmds, vector_cmds  # noqa: F401 - exchange_cmds registers `vector export|import`
+from . import (  # noqa: F401 - exchange_cmds registers `vector export|import`
+    audit_cmds,
+    catalog_cmds,
+    exchange_cmds,
+    pipeline_cmds,
+    serve_cmds,
+    toy_cmds,
+    vector_cmds,
+)
 from ._app import App
 from ._errors import boundary_error, exit_code_for, message_for
 from ._output import Output
@@ -65,7 +73,7 @@ def cli(ctx: click.Context, home: Path | None, db_url: str | None, sign_key: Pat
     ctx.obj = App(home=home, db_url=db_url, out=Output(json_mode=json_mode, quiet=quiet), sign_key=sign_key)
 
 
-for module in (catalog_cmds, vector_cmds, pipeline_cmds, audit_cmds, toy_cmds):
+for module in (catalog_cmds, vector_cmds, pipeline_cmds, audit_cmds, serve_cmds, toy_cmds):
     for command in module.COMMANDS:
         cli.add_command(command)
 

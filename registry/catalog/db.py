@@ -36,7 +36,7 @@ MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 # The newest migration's revision (a test checks it is the scripts' head). Opening
 # a catalog compares its version row with this, without loading Alembic (about
 # 0.1 s of imports that every command would otherwise pay).
-HEAD_REVISION = "0004"
+HEAD_REVISION = "0005"
 _PG_LOCK_KEY = 0x5AFE6E1E  # advisory lock id for migrations
 AUDIT_LOCK_KEY = 0x5AFE6E1A  # advisory lock id for audit appends
 _BUSY_MS = 60_000

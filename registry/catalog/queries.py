@@ -34,6 +34,16 @@ def check_name(name: str, what: str = "name") -> str:
     return name
 
 
+def contains_pattern(text: str) -> str:
+    """A LIKE pattern (escape character ``\\``) matching values that contain ``text`` literally."""
+    return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+def is_hash_prefix(text: str) -> bool:
+    """Whether ``text`` can be a (prefix of a) content hash: 4 to 64 lowercase hex digits."""
+    return bool(_HEX_RE.match(text))
+
+
 def default_name(path: Path) -> str:
     base = re.sub(r"[^A-Za-z0-9_.\-]", "-", path.name).lstrip("-._") or "checkpoint"
     return base[:100]
