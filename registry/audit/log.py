@@ -96,7 +96,7 @@ class AuditLog:
 
         def q(session: Session) -> AuditRecord:
             row = None
-            if ref.isdigit():
+            if ref.isascii() and ref.isdigit() and len(ref) <= 18:  # a seq (longer: beyond any column)
                 row = session.scalar(select(m.AuditEvent).where(m.AuditEvent.seq == int(ref)))
             if row is None and len(ref) >= 4:
                 rows = list(session.scalars(select(m.AuditEvent).where(m.AuditEvent.uid.startswith(ref)).limit(2)))
