@@ -10,7 +10,6 @@ from __future__ import annotations
 import hmac
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -18,7 +17,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.templating import Jinja2Templates
 from sqlalchemy.exc import SQLAlchemyError
+from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__
 from ..api import Registry
@@ -45,17 +46,7 @@ def create_app(reg: Registry, config: ServeConfig | None = None) -> FastAPI:
     app.include_router(api_routes.router)
     app.include_router(page_routes.router)
 
-    @app.middleware("http")
-    async def actor_and_log(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        t0 = time.perf_counter()
-        actor, refusal = _authenticate(request, cfg)
-        request.state.actor = actor
-        response = refusal or await call_next(request)
-        for k, v in _SECURITY_HEADERS.items():
-            response.headers.setdefault(k, v)
-        log.info("actor=%s %s %s %d %.1fms", actor, request.method, request.url.path[:200], response.status_code,
-                 (time.perf_counter() - t0) * 1000)  # fmt: skip
-        return response
+    app.add_middleware(_ActorAndLog, config=cfg)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
@@ -81,6 +72,40 @@ def create_app(reg: Registry, config: ServeConfig | None = None) -> FastAPI:
     for kind in (RegistryError, RecursionError, MemoryError, OSError, SQLAlchemyError, Exception):
         app.add_exception_handler(kind, registry_error)
     return app
+
+
+class _ActorAndLog:
+    """Pure ASGI middleware (no per-request task group): authenticates, adds headers, logs one line."""
+
+    def __init__(self, app: ASGIApp, config: ServeConfig) -> None:
+        self.app, self.cfg = app, config
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        request = Request(scope)
+        actor, refusal = _authenticate(request, self.cfg)
+        scope.setdefault("state", {})["actor"] = actor
+        status = [500]
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+                headers = MutableHeaders(scope=message)
+                for k, v in _SECURITY_HEADERS.items():
+                    headers.setdefault(k, v)
+            await send(message)
+
+        try:
+            if refusal is not None:
+                await refusal(scope, receive, send_with_headers)
+            else:
+                await self.app(scope, receive, send_with_headers)
+        finally:
+            log.info("actor=%s %s %s %d %.1fms", actor, request.method, request.url.path[:200], status[0],
+                     (time.perf_counter() - t0) * 1000)  # fmt: skip
 
 
 def _short(value: object, n: int = 12) -> str:
