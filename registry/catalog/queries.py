@@ -84,7 +84,10 @@ def by_ref(session: Session, model: type, ref: str, hash_col: str, exc: type[Not
             return row
     if _HEX_RE.match(ref):
         col = getattr(model, hash_col)
-        rows: list[object] = list(session.scalars(select(model).where(col.startswith(ref)).limit(5)))
+        # A full hash is an equality (the unique index); LIKE 'prefix%' cannot use a btree index
+        # under PostgreSQL's default collation and would scan the table.
+        cond = col == ref if len(ref) == 64 else col.startswith(ref)
+        rows: list[object] = list(session.scalars(select(model).where(cond).limit(5)))
         if len(rows) == 1:
             return rows[0]
         if len(rows) > 1:
