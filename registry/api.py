@@ -22,7 +22,14 @@ from .audit.chain import ChainReport
 from .audit.integrity import GcReport, Identification, Integrity, VerifyReport
 from .audit.log import AuditLog
 from .audit.signing import load_key
-from .catalog.records import AuditRecord, CheckpointRecord, FamilyRecord, LayerRecord, VectorRecord
+from .catalog.records import (
+    AuditRecord,
+    CheckpointRecord,
+    FamilyRecord,
+    LayerRecord,
+    RecalibrationRecord,
+    VectorRecord,
+)
 from .catalog.service import ROLES, Catalog, current_actor
 from .evaluation.probes import Probe
 from .exchange.bundle_format import DEFAULT_MAX_BYTES, BundleInfo
@@ -246,8 +253,8 @@ class Registry:
     def resolve_registered(self, ref: str, *, limit: int = 10) -> list[Candidate]:
         return self.resolver.resolve_registered(ref, limit=limit)
 
-    def recalibrations_of(self, vec: VectorRecord, *, limit: int = 100) -> list[RecalibrationResult]:
-        return self.recalibrator.fits_of(vec, limit=limit)
+    def recalibrations_of(self, vec: VectorRecord, *, limit: int = 100) -> list[RecalibrationRecord]:
+        return self.catalog.recalibrations_of(vec.hash, limit=limit)
 
     def patch(self, target: str | Path, vector: str, out: str | Path, *, coefficients: str = "auto",
               layers: str | Sequence[int] = "auto", shots: Shots | None = None, settings: FitSettings | None = None,

@@ -36,7 +36,7 @@ from .queries import (
     resolve_checkpoint,
     resolve_family,
 )
-from .records import CheckpointRecord, FamilyRecord
+from .records import CheckpointRecord, FamilyRecord, RecalibrationRecord
 
 T = TypeVar("T")
 ROLES = ("aligned", "degraded", "base", "task", "patched")
@@ -247,6 +247,12 @@ class Catalog:
             return {r.hash: self._checkpoint_record(session, r) for r in rows}
 
         return self.read(q)
+
+    def recalibrations_of(self, vector_hash: str, *, limit: int = 100) -> list[RecalibrationRecord]:
+        """The cached fits of a vector (by full hash), newest first."""
+        stmt = (select(m.Recalibration, m.Vector.name).join(m.Vector).where(m.Vector.hash == vector_hash)
+                .order_by(m.Recalibration.created_at.desc(), m.Recalibration.id.desc()).limit(limit))  # fmt: skip
+        return self.read(lambda s: [RecalibrationRecord.from_row(r, name) for r, name in s.execute(stmt).all()])
 
     def search_models(self, text: str, *, limit: int = 20) -> list[CheckpointRecord]:
         """Checkpoints whose name contains ``text`` (case-insensitive) or whose hash starts with it."""

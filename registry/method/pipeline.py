@@ -255,19 +255,6 @@ class Recalibrator:
 
         return self.catalog.read(q)
 
-    def fits_of(self, vec: VectorRecord, *, limit: int = 100) -> list[RecalibrationResult]:
-        """The cached fits of ``vec``, newest first (``cached`` is True; losses: the loss curve)."""
-
-        def q(session: Session) -> list[RecalibrationResult]:
-            rows = session.scalars(
-                select(m.Recalibration).join(m.Vector).where(m.Vector.hash == vec.hash)
-                .order_by(m.Recalibration.created_at.desc(), m.Recalibration.id.desc()).limit(limit))  # fmt: skip
-            return [RecalibrationResult(vec.name, r.target_hash, r.shots_hash, json.loads(r.coefficients_json),
-                                        json.loads(r.losses_json)["curve"], r.seconds, True,
-                                        json.loads(r.settings_json)) for r in rows]  # fmt: skip
-
-        return self.catalog.read(q)
-
     def latest_coefficients(self, vec: VectorRecord, target_hash: str) -> dict[str, float] | None:
         """The coefficients of the latest cached fit of ``vec`` for this target (any shots or settings), or None."""
 
