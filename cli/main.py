@@ -16,6 +16,7 @@ from . import (  # noqa: F401 - exchange_cmds registers `vector export|import`
     catalog_cmds,
     exchange_cmds,
     pipeline_cmds,
+    serve_cmds,
     store_cmds,
     toy_cmds,
     vector_cmds,
@@ -80,7 +81,7 @@ def cli(ctx: click.Context, home: Path | None, db_url: str | None, store_url: st
                   store_url=store_url, store_endpoint=store_endpoint)
 
 
-for module in (catalog_cmds, vector_cmds, pipeline_cmds, audit_cmds, store_cmds, toy_cmds):
+for module in (catalog_cmds, vector_cmds, pipeline_cmds, audit_cmds, store_cmds, serve_cmds, toy_cmds):
     for command in module.COMMANDS:
         cli.add_command(command)
 

@@ -22,7 +22,14 @@ from .audit.chain import ChainReport
 from .audit.integrity import GcReport, Identification, Integrity, VerifyReport
 from .audit.log import AuditLog
 from .audit.signing import load_key
-from .catalog.records import AuditRecord, CheckpointRecord, FamilyRecord, LayerRecord, VectorRecord
+from .catalog.records import (
+    AuditRecord,
+    CheckpointRecord,
+    FamilyRecord,
+    LayerRecord,
+    RecalibrationRecord,
+    VectorRecord,
+)
 from .catalog.service import ROLES, Catalog, current_actor
 from .errors import ConfigurationError, ConflictError, InvalidInputError
 from .evaluation.probes import Probe
@@ -42,7 +49,7 @@ from .store.migrate import MigrationReport, copy_blobs
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["ROLES", "InitResult", "Registry", "current_actor", "default_home"]
+__all__ = ["ROLES", "InitResult", "Registry", "SearchResult", "current_actor", "default_home"]
 
 T = TypeVar("T")
 Progress = Callable[[int, int], None]
@@ -52,6 +59,13 @@ Shots = str | Path | Sequence[Probe]
 def default_home() -> Path:
     """``$SAFEGENE_HOME``, else ``~/.safegene``."""
     return Path(os.environ.get("SAFEGENE_HOME") or Path.home() / ".safegene").expanduser()
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    families: list[FamilyRecord]
+    vectors: list[VectorRecord]
+    models: list[CheckpointRecord]
 
 
 @dataclass(frozen=True)
@@ -220,11 +234,18 @@ class Registry:
     def get_model(self, ref: str) -> CheckpointRecord:
         return self.catalog.get_model(ref)
 
-    def list_models(self, *, family: str | None = None, role: str | None = None) -> list[CheckpointRecord]:
-        return self.catalog.list_models(family=family, role=role)
+    def list_models(self, *, family: str | None = None, role: str | None = None, offset: int = 0,
+                    limit: int | None = None) -> list[CheckpointRecord]:  # fmt: skip
+        return self.catalog.list_models(family=family, role=role, offset=offset, limit=limit)
+
+    def models_by_hash(self, hashes: list[str]) -> dict[str, CheckpointRecord]:
+        return self.catalog.models_by_hash(hashes)
 
     def list_families(self) -> list[FamilyRecord]:
         return self.catalog.list_families()
+
+    def families_page(self, *, offset: int = 0, limit: int = 50) -> list[FamilyRecord]:
+        return self.catalog.families_page(offset=offset, limit=limit)
 
     def get_family(self, ref: str) -> FamilyRecord:
         return self.catalog.get_family(ref)
@@ -240,6 +261,14 @@ class Registry:
 
     def list_vectors(self, *, family: str | None = None, limit: int | None = None) -> list[VectorRecord]:
         return self.vectors.list_vectors(family=family, limit=limit)
+
+    def vectors_page(self, *, family: str | None = None, offset: int = 0, limit: int = 50) -> list[VectorRecord]:
+        return self.vectors.page(family=family, offset=offset, limit=limit)
+
+    def search(self, text: str, *, limit: int = 20) -> SearchResult:
+        """Families, vectors and checkpoints whose name contains ``text`` or whose hash/id starts with it."""
+        return SearchResult(self.catalog.search_families(text, limit=limit), self.vectors.search(text, limit=limit),
+                            self.catalog.search_models(text, limit=limit))  # fmt: skip
 
     def count_vectors(self) -> int:
         return self.vectors.count()
@@ -282,6 +311,12 @@ class Registry:
     def resolve(self, target: str | Path, *, limit: int = 10, include_incompatible: bool = False) -> list[Candidate]:
         return self.resolver.resolve(target, limit=limit, include_incompatible=include_incompatible)
 
+    def resolve_registered(self, ref: str, *, limit: int = 10) -> list[Candidate]:
+        return self.resolver.resolve_registered(ref, limit=limit)
+
+    def recalibrations_of(self, vec: VectorRecord, *, limit: int = 100) -> list[RecalibrationRecord]:
+        return self.catalog.recalibrations_of(vec.hash, limit=limit)
+
     def patch(self, target: str | Path, vector: str, out: str | Path, *, coefficients: str = "auto",
               layers: str | Sequence[int] = "auto", shots: Shots | None = None, settings: FitSettings | None = None,
               force: bool = False, device: str = "cpu", progress: Progress | None = None) -> PatchResult:  # fmt: skip
@@ -321,6 +356,12 @@ class Registry:
         return self.audit.events(model=model, vector=vector, family=family, kind=kind, actor=actor, since=since,
                                  limit=limit)  # fmt: skip
 
+    def audit_page(self, *, model: str | None = None, vector: str | None = None, family: str | None = None,
+                   kind: str | None = None, actor: str | None = None, since: str | None = None, offset: int = 0,
+                   limit: int = 50) -> list[AuditRecord]:  # fmt: skip
+        return self.audit.page(model=model, vector=vector, family=family, kind=kind, actor=actor, since=since,
+                               offset=offset, limit=limit)  # fmt: skip
+
     def audit_show(self, ref: str) -> AuditRecord:
         return self.audit.show(ref)
 
@@ -335,6 +376,12 @@ class Registry:
 
     def identify(self, path: str | Path) -> Identification:
         return self.integrity.identify(path)
+
+    def identify_hash(self, content_hash: str) -> Identification:
+        return self.integrity.identify_hash(content_hash)
+
+    def identify_headers(self, headers: list[bytes]) -> Identification:
+        return self.integrity.identify_headers(headers)
 
     def verify(self, *, deep: bool = True, verify_key: str | Path | None = None) -> VerifyReport:
         return self.integrity.verify(deep=deep, verify_key=verify_key)

@@ -21,7 +21,7 @@ from transformers import (
 from registry.api import Registry
 
 if (Path(__file__).parent / "toy_fixtures.py").is_file():
-    pytest_plugins = ["tests.toy_fixtures", "tests.s3_fixtures"]
+    pytest_plugins = ["tests.toy_fixtures", "tests.s3_fixtures", "tests.serve_fixtures"]
 else:  # pragma: no cover - until the toy fixtures module lands
 
     @pytest.fixture(scope="session")

@@ -18,8 +18,9 @@ from sqlalchemy.orm import Session
 
 from .._faults import crashpoint
 from ..catalog import models as m
+from ..catalog.records import AuditRecord
 from ..catalog.service import Catalog
-from ..checkpoints.provenance import read_patch_metadata
+from ..checkpoints.provenance import patch_metadata_from_header, read_patch_metadata
 from ..checkpoints.reader import Checkpoint
 from ..errors import EventNotFoundError, IntegrityCheckError
 from ..store.atomic import LEASE_PREFIX, reclaim_partial
@@ -97,8 +98,35 @@ class Integrity:
             rec = self.audit.latest_patch_of(Checkpoint(path).content_hash())
         if rec is None:
             raise EventNotFoundError(str(path), "no patch event produced these tensors")
-        return Identification(rec.uid, rec.seq, rec.vector_hash, rec.target_hash, rec.output_hash, method,
-                              rec.payload.get("coefficients", {}))  # fmt: skip
+        return _identification(rec, method)
+
+    def identify_hash(self, content_hash: str) -> Identification:
+        """The latest patch event whose output has this tensor content hash (see ``model add``).
+
+        Raises:
+            EventNotFoundError: no patch event produced a checkpoint with this hash.
+        """
+        rec = self.audit.latest_patch_of(content_hash.lower())
+        if rec is None:
+            raise EventNotFoundError(content_hash[:64], "no patch event produced a checkpoint with this tensor hash")
+        return _identification(rec, "content-hash")
+
+    def identify_headers(self, headers: list[bytes]) -> Identification:
+        """The patch event named in safetensors headers (each: a shard's 8-byte length and JSON header).
+
+        Raises:
+            InvalidCheckpointError: a header is malformed.
+            EventNotFoundError: no header names a recorded patch event.
+        """
+        for raw in headers:
+            uid = patch_metadata_from_header(raw).get("safegene.event")
+            if uid:
+                try:
+                    return _identification(self.audit.show_uid(uid), "metadata")
+                except EventNotFoundError:
+                    continue
+        raise EventNotFoundError("uploaded headers", "they name no recorded patch event (stripped metadata? "
+                                                     "identify by tensor hash instead)")  # fmt: skip
 
     def verify(self, *, deep: bool = True, verify_key: str | Path | None = None) -> VerifyReport:
         """Re-hash every blob, check catalog ↔ store both ways, walk the audit chain.
@@ -192,6 +220,11 @@ def _remove_temp(t: StaleTemp) -> None:
     if t.path is not None and t.name.startswith(LEASE_PREFIX):
         reclaim_partial(t.path)  # the partial folder the lease names
     t.remove()
+
+
+def _identification(rec: AuditRecord, method: str) -> Identification:
+    return Identification(rec.uid, rec.seq, rec.vector_hash, rec.target_hash, rec.output_hash, method,
+                          rec.payload.get("coefficients", {}))  # fmt: skip
 
 
 def _drop_rows(session: Session, shas: list[str]) -> list[str]:

@@ -13,7 +13,7 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from ..catalog import models as m
@@ -63,25 +63,27 @@ class AuditLog:
         """
 
         def q(session: Session) -> list[AuditRecord]:
-            stmt = select(m.AuditEvent).order_by(m.AuditEvent.seq)
-            if model:
-                h = resolve_checkpoint(session, model).hash
-                stmt = stmt.where((m.AuditEvent.target_hash == h) | (m.AuditEvent.output_hash == h))
-            if vector:
-                stmt = stmt.where(m.AuditEvent.vector_hash == _vector_hash(session, vector))
-            if family:
-                fid = resolve_family(session, family).id
-                stmt = stmt.where(
-                    m.AuditEvent.vector_hash.in_(select(m.Vector.hash).where(m.Vector.family_id == fid))
-                    | m.AuditEvent.target_hash.in_(select(m.Checkpoint.hash).where(m.Checkpoint.family_id == fid)))
-            if kind:
-                stmt = stmt.where(m.AuditEvent.kind == kind)
-            if actor:
-                stmt = stmt.where(m.AuditEvent.actor == actor)
-            if since:
-                stmt = stmt.where(m.AuditEvent.created_at >= _iso(since))
+            stmt = _filtered(session, select(m.AuditEvent).order_by(m.AuditEvent.seq), model=model, vector=vector,
+                             family=family, kind=kind, actor=actor, since=since)  # fmt: skip
             rows = list(session.scalars(stmt))
             return [AuditRecord.from_row(r) for r in (rows[-limit:] if limit else rows)]
+
+        return self.catalog.read(q)
+
+    def page(self, *, model: str | None = None, vector: str | None = None, family: str | None = None,
+             kind: str | None = None, actor: str | None = None, since: str | None = None, offset: int = 0,
+             limit: int = 50) -> list[AuditRecord]:  # fmt: skip
+        """One page of events, newest first (by seq), with the filters of :meth:`events`.
+
+        Raises:
+            NotFoundError: ``model``, ``vector`` or ``family`` names nothing.
+            InvalidInputError: ``since`` is not an ISO date/time.
+        """
+
+        def q(session: Session) -> list[AuditRecord]:
+            stmt = _filtered(session, select(m.AuditEvent).order_by(m.AuditEvent.seq.desc()), model=model,
+                             vector=vector, family=family, kind=kind, actor=actor, since=since)  # fmt: skip
+            return [AuditRecord.from_row(r) for r in session.scalars(stmt.offset(offset or None).limit(limit))]
 
         return self.catalog.read(q)
 
@@ -94,7 +96,7 @@ class AuditLog:
 
         def q(session: Session) -> AuditRecord:
             row = None
-            if ref.isdigit():
+            if ref.isascii() and ref.isdigit() and len(ref) <= 18:  # a seq (longer: beyond any column)
                 row = session.scalar(select(m.AuditEvent).where(m.AuditEvent.seq == int(ref)))
             if row is None and len(ref) >= 4:
                 rows = list(session.scalars(select(m.AuditEvent).where(m.AuditEvent.uid.startswith(ref)).limit(2)))
@@ -148,6 +150,28 @@ class AuditLog:
     def check_recalibrations(self) -> list[str]:
         """Problems where a cached fit's coefficients differ from what its audit event recorded."""
         return self.catalog.read(check_recalibrations)
+
+
+def _filtered(session: Session, stmt: Select[tuple[m.AuditEvent]], *, model: str | None, vector: str | None,
+              family: str | None, kind: str | None, actor: str | None,
+              since: str | None) -> Select[tuple[m.AuditEvent]]:  # fmt: skip
+    if model:
+        h = resolve_checkpoint(session, model).hash
+        stmt = stmt.where((m.AuditEvent.target_hash == h) | (m.AuditEvent.output_hash == h))
+    if vector:
+        stmt = stmt.where(m.AuditEvent.vector_hash == _vector_hash(session, vector))
+    if family:
+        fid = resolve_family(session, family).id
+        stmt = stmt.where(
+            m.AuditEvent.vector_hash.in_(select(m.Vector.hash).where(m.Vector.family_id == fid))
+            | m.AuditEvent.target_hash.in_(select(m.Checkpoint.hash).where(m.Checkpoint.family_id == fid)))
+    if kind:
+        stmt = stmt.where(m.AuditEvent.kind == kind)
+    if actor:
+        stmt = stmt.where(m.AuditEvent.actor == actor)
+    if since:
+        stmt = stmt.where(m.AuditEvent.created_at >= _iso(since))
+    return stmt
 
 
 def _vector_hash(session: Session, ref: str) -> str:

@@ -36,7 +36,7 @@ MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 # The newest migration's revision (a test checks it is the scripts' head). Opening
 # a catalog compares its version row with this, without loading Alembic (about
 # 0.1 s of imports that every command would otherwise pay).
-HEAD_REVISION = "0005"
+HEAD_REVISION = "0006"
 _PG_LOCK_KEY = 0x5AFE6E1E  # advisory lock id for migrations
 AUDIT_LOCK_KEY = 0x5AFE6E1A  # advisory lock id for audit appends
 _STORE_LOCK_KEY = 0x5AFE6E5B  # advisory lock id for blob writers (shared) and gc (exclusive)

@@ -116,7 +116,8 @@ class Vector(Base):
         back_populates="vector", order_by="VectorLayer.position", cascade="all, delete-orphan"
     )
 
-    __table_args__ = (Index("ix_vectors_family_id_created_at", "family_id", "created_at"),)
+    __table_args__ = (Index("ix_vectors_family_id_created_at", "family_id", "created_at"),
+                      Index("ix_vectors_created_at_id", "created_at", "id"))
 
 
 class VectorLayer(Base):

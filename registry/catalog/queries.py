@@ -34,6 +34,16 @@ def check_name(name: str, what: str = "name") -> str:
     return name
 
 
+def contains_pattern(text: str) -> str:
+    """A LIKE pattern (escape character ``\\``) matching values that contain ``text`` literally."""
+    return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+def is_hash_prefix(text: str) -> bool:
+    """Whether ``text`` can be a (prefix of a) content hash: 4 to 64 lowercase hex digits."""
+    return bool(_HEX_RE.match(text))
+
+
 def default_name(path: Path) -> str:
     base = re.sub(r"[^A-Za-z0-9_.\-]", "-", path.name).lstrip("-._") or "checkpoint"
     return base[:100]
@@ -74,7 +84,10 @@ def by_ref(session: Session, model: type, ref: str, hash_col: str, exc: type[Not
             return row
     if _HEX_RE.match(ref):
         col = getattr(model, hash_col)
-        rows: list[object] = list(session.scalars(select(model).where(col.startswith(ref)).limit(5)))
+        # A full hash is an equality (the unique index); LIKE 'prefix%' cannot use a btree index
+        # under PostgreSQL's default collation and would scan the table.
+        cond = col == ref if len(ref) == 64 else col.startswith(ref)
+        rows: list[object] = list(session.scalars(select(model).where(cond).limit(5)))
         if len(rows) == 1:
             return rows[0]
         if len(rows) > 1:

@@ -222,3 +222,26 @@ class AuditRecord:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class RecalibrationRecord:
+    """A cached coefficient fit of a vector for a target (see ``safegene recalibrate``)."""
+
+    vector: str
+    target: str
+    shots: str
+    coefficients: dict[str, float]
+    losses: list[float]
+    seconds: float
+    settings: dict[str, Any]
+    created_at: str
+
+    @classmethod
+    def from_row(cls, row: m.Recalibration, vector_name: str) -> RecalibrationRecord:
+        return cls(vector_name, row.target_hash, row.shots_hash, json.loads(row.coefficients_json),
+                   json.loads(row.losses_json).get("curve", []), row.seconds, json.loads(row.settings_json),
+                   _iso(row.created_at))  # fmt: skip
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)

@@ -29,13 +29,15 @@ from . import db
 from . import models as m
 from .queries import (
     check_name,
+    contains_pattern,
     default_name,
     free_name,
     get_or_create_family,
+    is_hash_prefix,
     resolve_checkpoint,
     resolve_family,
 )
-from .records import CheckpointRecord, FamilyRecord
+from .records import CheckpointRecord, FamilyRecord, RecalibrationRecord
 
 T = TypeVar("T")
 ROLES = ("aligned", "degraded", "base", "task", "patched")
@@ -241,11 +243,14 @@ class Catalog:
         """
         return self.read(lambda s: self._checkpoint_record(s, resolve_checkpoint(s, ref)))
 
-    def list_models(self, *, family: str | None = None, role: str | None = None) -> list[CheckpointRecord]:
-        """Checkpoints, oldest first, optionally of one family (REF) or role."""
+    def list_models(self, *, family: str | None = None, role: str | None = None, offset: int = 0,
+                    limit: int | None = None) -> list[CheckpointRecord]:  # fmt: skip
+        """Checkpoints, oldest first (ties by id), optionally of one family (REF) or role; one page of
+        ``limit`` after ``offset`` when given."""
 
         def q(session: Session) -> list[CheckpointRecord]:
             stmt = select(m.Checkpoint).order_by(m.Checkpoint.created_at, m.Checkpoint.id)
+            stmt = stmt.offset(offset or None).limit(limit)
             if family:
                 stmt = stmt.where(m.Checkpoint.family_id == resolve_family(session, family).id)
             if role:
@@ -253,6 +258,33 @@ class Catalog:
             return [self._checkpoint_record(session, r) for r in session.scalars(stmt)]
 
         return self.read(q)
+
+    def models_by_hash(self, hashes: list[str]) -> dict[str, CheckpointRecord]:
+        """The registered checkpoints among these content hashes, by hash (unknown ones are absent)."""
+        wanted = sorted({h for h in hashes if h})
+
+        def q(session: Session) -> dict[str, CheckpointRecord]:
+            rows = session.scalars(select(m.Checkpoint).where(m.Checkpoint.hash.in_(wanted))) if wanted else []
+            return {r.hash: self._checkpoint_record(session, r) for r in rows}
+
+        return self.read(q)
+
+    def recalibrations_of(self, vector_hash: str, *, limit: int = 100) -> list[RecalibrationRecord]:
+        """The cached fits of a vector (by full hash), newest first."""
+        stmt = (select(m.Recalibration, m.Vector.name).join(m.Vector).where(m.Vector.hash == vector_hash)
+                .order_by(m.Recalibration.created_at.desc(), m.Recalibration.id.desc()).limit(limit))  # fmt: skip
+        return self.read(lambda s: [RecalibrationRecord.from_row(r, name) for r, name in s.execute(stmt).all()])
+
+    def search_models(self, text: str, *, limit: int = 20) -> list[CheckpointRecord]:
+        """Checkpoints whose name contains ``text`` (case-insensitive) or whose hash starts with it."""
+        needle = text.strip()
+        if not needle:
+            return []
+        cond = m.Checkpoint.name.ilike(contains_pattern(needle), escape="\\")
+        if is_hash_prefix(needle.lower()):
+            cond = cond | m.Checkpoint.hash.startswith(needle.lower())
+        stmt = select(m.Checkpoint).where(cond).order_by(m.Checkpoint.created_at, m.Checkpoint.id).limit(limit)
+        return self.read(lambda s: [self._checkpoint_record(s, r) for r in s.scalars(stmt)])
 
     @staticmethod
     def _checkpoint_record(session: Session, row: m.Checkpoint) -> CheckpointRecord:
@@ -272,6 +304,39 @@ class Catalog:
             return [FamilyRecord.from_row(r, checkpoints=ck.get(r.id, 0), vectors=vc.get(r.id, 0)) for r in rows]
 
         return self.read(q)
+
+    def families_page(self, *, offset: int = 0, limit: int = 50) -> list[FamilyRecord]:
+        """One page of families (by model type, then age, then id), counting only that page's rows."""
+
+        def q(session: Session) -> list[FamilyRecord]:
+            rows = list(session.scalars(select(m.Family).order_by(m.Family.model_type, m.Family.created_at, m.Family.id)
+                                        .offset(offset or None).limit(limit)))  # fmt: skip
+            return self._with_counts(session, rows)
+
+        return self.read(q)
+
+    def search_families(self, text: str, *, limit: int = 20) -> list[FamilyRecord]:
+        """Families whose model type or architecture contains ``text``, or whose id starts with it."""
+        needle = text.strip()
+        if not needle:
+            return []
+        pat = contains_pattern(needle)
+        cond = m.Family.model_type.ilike(pat, escape="\\") | m.Family.architecture.ilike(pat, escape="\\")
+        if is_hash_prefix(needle.lower()):
+            cond = cond | m.Family.id.startswith(needle.lower())
+        stmt = select(m.Family).where(cond).order_by(m.Family.model_type, m.Family.created_at, m.Family.id)
+        return self.read(lambda s: self._with_counts(s, list(s.scalars(stmt.limit(limit)))))
+
+    @staticmethod
+    def _with_counts(session: Session, rows: list[m.Family]) -> list[FamilyRecord]:
+        ids = [r.id for r in rows]
+        if not ids:
+            return []
+        ck = dict(session.execute(select(m.Checkpoint.family_id, func.count()).where(m.Checkpoint.family_id.in_(ids))
+                                  .group_by(m.Checkpoint.family_id)).all())  # fmt: skip
+        vc = dict(session.execute(select(m.Vector.family_id, func.count()).where(m.Vector.family_id.in_(ids))
+                                  .group_by(m.Vector.family_id)).all())  # fmt: skip
+        return [FamilyRecord.from_row(r, checkpoints=ck.get(r.id, 0), vectors=vc.get(r.id, 0)) for r in rows]
 
     def get_family(self, ref: str) -> FamilyRecord:
         """A family by model type, architecture (when unique) or id prefix.

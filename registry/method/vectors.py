@@ -20,7 +20,13 @@ from sqlalchemy.orm import Session, aliased
 from ..audit.chain import vector_state_digest
 from ..audit.log import AuditLog
 from ..catalog import models as m
-from ..catalog.queries import check_name, resolve_family, resolve_vector
+from ..catalog.queries import (
+    check_name,
+    contains_pattern,
+    is_hash_prefix,
+    resolve_family,
+    resolve_vector,
+)
 from ..catalog.records import LAYER_COLUMNS, CheckpointRecord, LayerRecord, VectorRecord
 from ..catalog.service import Catalog, PendingCheckpoint, current_actor
 from ..checkpoints.family import family_key, manifest_hash
@@ -235,6 +241,29 @@ class Vectors:
 
         return self.catalog.read(q)
 
+    def page(self, *, family: str | None = None, offset: int = 0, limit: int = 50) -> list[VectorRecord]:
+        """One page of vectors, newest first (ties by id: a stable order), optionally of one family (REF).
+
+        Raises:
+            FamilyNotFoundError: ``family`` names no family.
+        """
+
+        def q(session: Session) -> list[VectorRecord]:
+            where = [m.Vector.family_id == resolve_family(session, family).id] if family else []
+            return vector_records(session, where, limit=limit, offset=offset)
+
+        return self.catalog.read(q)
+
+    def search(self, text_: str, *, limit: int = 20) -> list[VectorRecord]:
+        """Vectors whose name contains ``text_`` (case-insensitive) or whose hash starts with it, newest first."""
+        needle = text_.strip()
+        if not needle:
+            return []
+        cond = m.Vector.name.ilike(contains_pattern(needle), escape="\\")
+        if is_hash_prefix(needle.lower()):
+            cond = cond | m.Vector.hash.startswith(needle.lower())
+        return self.catalog.read(lambda s: vector_records(s, [cond], limit=limit))
+
     def count(self) -> int:
         return self.catalog.read(lambda s: s.scalar(select(func.count()).select_from(m.Vector)) or 0)
 
@@ -312,9 +341,10 @@ _VECTORS = (select(m.Vector.__table__, _AL.hash.label("aligned_hash"), _DE.hash.
 _LAYERS = select(_L.vector_id, *(getattr(_L, c) for c in LAYER_COLUMNS)).order_by(_L.vector_id, _L.position)
 
 
-def vector_records(session: Session, where: list[Any], *, limit: int | None = None) -> list[VectorRecord]:
+def vector_records(session: Session, where: list[Any], *, limit: int | None = None,
+                   offset: int = 0) -> list[VectorRecord]:  # fmt: skip
     """Records for the vectors matching ``where``, newest first, in two lean queries."""
-    rows = session.execute(_VECTORS.where(*where).limit(limit)).all()
+    rows = session.execute(_VECTORS.where(*where).limit(limit).offset(offset or None)).all()
     layers: dict[int, list[LayerRecord]] = {r.id: [] for r in rows}
     ids = list(layers)
     for i in range(0, len(ids), 1000):
