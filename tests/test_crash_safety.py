@@ -70,7 +70,7 @@ def s3_template(tmp_path_factory: pytest.TempPathFactory, tiny_models: dict[str,
         yield _build_template(home, tiny_models, f"s3://{bucket}/template"), bucket
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture
 def clone(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Callable[[Path], Path]:
     """Copies the template registry to a new home (and, for S3, its blobs to a new prefix)."""
     if request.param == "local":
@@ -112,7 +112,10 @@ def _commands(tiny: dict[str, Path], out: Path) -> dict[str, list[str]]:
 COMMANDS = ["model add", "vector extract", "patch", "patch --force", "gc"]
 
 
-@pytest.mark.parametrize("every", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["sample", "every-point"])
+# Every crash point on the local store (slow); a seeded sample on both stores.
+@pytest.mark.parametrize(("clone", "every"), [("local", False), pytest.param("local", True, marks=pytest.mark.slow),
+                                              ("s3", False)], ids=["local-sample", "local-every-point", "s3-sample"],
+                         indirect=["clone"])  # fmt: skip
 @pytest.mark.parametrize("command", COMMANDS)
 def test_sigkill_anywhere_leaves_a_consistent_registry(command: str, every: bool, clone: Callable[[Path], Path],
                                                        tiny_models: dict[str, Path], tmp_path: Path) -> None:

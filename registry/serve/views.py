@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..api import Registry
-from ..catalog.records import AuditRecord, CheckpointRecord, VectorRecord
+from ..catalog.records import AuditRecord, CheckpointRecord, FamilyRecord, VectorRecord
 from ..errors import NotFoundError
 
 MAX_LINEAGE = 16
@@ -32,6 +32,13 @@ class Page:
 
     def meta(self) -> dict[str, Any]:
         return {"offset": self.offset, "limit": self.limit, "next_offset": self.offset + self.limit if self.more else None}
+
+
+def family_summary_json(rec: FamilyRecord) -> dict[str, Any]:
+    """A family as a listing shows it: identity, shape and counts (not its key and layer templates)."""
+    return {"id": rec.id, "model_type": rec.model_type, "architecture": rec.architecture, "num_layers": rec.num_layers,
+            "hidden_size": rec.hidden_size, "vocab_size": rec.vocab_size, "manifest_hash": rec.manifest_hash,
+            "created_at": rec.created_at, "num_checkpoints": rec.num_checkpoints, "num_vectors": rec.num_vectors}  # fmt: skip
 
 
 def model_json(rec: CheckpointRecord, expose_paths: bool) -> dict[str, Any]:
