@@ -171,9 +171,13 @@ def main() -> None:
             while not stop.wait(0.5):
                 rss.append(server.memory_info().rss)
 
+        # One client alone first: what each endpoint costs when nothing queues.
+        alone, _, _ = run_load(base, args.vectors, 1, min(10.0, args.seconds), 0.0)
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
+        cpu0 = server.cpu_times()
         lat, errors, wall = run_load(base, args.vectors, args.clients, args.seconds, args.think_ms / 1000)
+        cpu1 = server.cpu_times()
         stop.set()
         sampler.join()
     finally:
@@ -186,7 +190,9 @@ def main() -> None:
     results = {k: {"requests": len(v), "p50_ms": _pct(v, 0.5), "p95_ms": _pct(v, 0.95), "max_ms": _pct(v, 1.0)}
                for k, v in lat.items()}  # fmt: skip
     total = sum(len(v) for v in lat.values())
-    data = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, "commit": _commit(),
+    cpu_ms = ((cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)) * 1000 / max(total, 1)
+    single = {k: {"requests": len(v), "p50_ms": _pct(v, 0.5), "p95_ms": _pct(v, 0.95)} for k, v in alone.items()}
+    data = {"server_cpu_ms_per_request": round(cpu_ms, 2), "one_client": single, "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, "commit": _commit(),
             "load_s": round(load_s, 1), "wall_s": round(wall, 1), "requests_per_s": round(total / wall, 1),
             "errors": len(errors), "error_samples": errors[:10], "endpoints": results,
             "server_rss_mib": {"max": round(max(rss) / 2**20, 1) if rss else None,
@@ -201,7 +207,13 @@ def main() -> None:
           + md_table(["endpoint", "request", "requests", "p50 ms", "p95 ms", "max ms", "p95 ≤ 50 ms"], rows)
           + f"\n\n{data['requests_per_s']} requests/s in all, {data['errors']} errors; server RSS "
           f"{data['server_rss_mib']['max']} MiB at most ({data['server_rss_mib']['last']} MiB at the end). "
-          f"Catalog filled in {data['load_s']} s.\n")
+          f"Catalog filled in {data['load_s']} s.\n\n"
+          f"The server spent {data['server_cpu_ms_per_request']} ms of CPU per request under this load; "
+          f"{args.clients} clients that never pause queue behind one another in one Python process (its "
+          f"GIL: at most one core), so a request waits for about {args.clients} others: "
+          f"p50 ≈ {args.clients} × CPU per request. One client alone (10 s, nothing queued), for comparison:\n\n"
+          + md_table(["endpoint", "requests", "p50 ms", "p95 ms"],
+                     [[k, r["requests"], r["p50_ms"], r["p95_ms"]] for k, r in single.items()]) + "\n")
     print(md)
     write_results("serve-load-quick" if args.quick else "serve-load", data, md, root=args.out)
 
