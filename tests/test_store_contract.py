@@ -240,3 +240,29 @@ def test_store_urls_have_one_spelling(tmp_path: Path) -> None:
     assert parse_size("2G", 0) == 2 * 2**30 and parse_size("512MiB", 0) == 512 * MiB and parse_size(None, 7) == 7
     with pytest.raises(ConfigurationError):
         parse_size("lots", 0)
+
+
+def test_several_processes_share_one_bounded_cache(tmp_path: Path, s3_endpoint: str, bucket: str) -> None:
+    """Three processes read the same blobs at once through one small cache (eviction running
+    under their feet): every read returns its payload, and the cache ends within its bound."""
+    store = make_s3_store(tmp_path, s3_endpoint, bucket, cache=False)
+    infos = [store.put(os.urandom(60_000)) for _ in range(8)]
+    script = (
+        "import sys, hashlib\nfrom pathlib import Path\nfrom tests.test_store_contract import make_s3_store\n"
+        "from registry.store.cache import ReadCache\n"
+        "store = make_s3_store(Path(sys.argv[1]), sys.argv[2], sys.argv[3], cache=False)\n"
+        "store.cache = ReadCache(Path(sys.argv[4]), max_bytes=200_000)\n"
+        "for _ in range(5):\n    for sha in sys.argv[5:]:\n"
+        "        assert hashlib.sha256(bytes(store.get(sha))).hexdigest() == sha\n"
+        "print('ok')\n"
+    )  # fmt: skip
+    shas = [i.sha256 for i in infos]
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path / f"p{n}"), s3_endpoint, bucket,
+                               str(tmp_path / "shared-cache"), *shas], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, cwd=Path(__file__).resolve().parents[1])  # fmt: skip
+             for n in range(3)]
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0 and out.strip() == "ok", err[-2000:]
+    count, size = ReadCache(tmp_path / "shared-cache", max_bytes=200_000).usage()
+    assert 0 < count and size <= 200_000  # every put evicts, seeing every process's entries

@@ -34,7 +34,6 @@ class ReadCache:
         self.blob_dir = self.root / "blobs"
         self.tmp_dir = self.root / "tmp"
         self.max_bytes = max_bytes
-        self._estimate: int | None = None  # bytes cached, as last counted plus what this process added
 
     def path_for(self, sha: str) -> Path:
         check_sha(sha)
@@ -58,10 +57,9 @@ class ReadCache:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(path, [bytes(stored)], tmp_dir=self.tmp_dir)
-        size = memoryview(stored).nbytes
-        self._estimate = None if self._estimate is None else self._estimate + size
-        if self._estimate is None or self._estimate > self.max_bytes:
-            self._evict()
+        # Counted afresh every time (a cache holds few blobs: a slice is megabytes), so that what
+        # other processes added is seen: after the last put's eviction, the cache fits its bound.
+        self._evict()
 
     def drop(self, sha: str) -> None:
         self.path_for(sha).unlink(missing_ok=True)
@@ -99,4 +97,3 @@ class ReadCache:
                     break
                 path.unlink(missing_ok=True)
                 total -= size
-            self._estimate = total
