@@ -152,9 +152,9 @@ class AuditLog:
         return self.catalog.read(check_recalibrations)
 
 
-def _filtered(session: Session, stmt: Select[tuple[m.AuditEvent]], *, model: str | None, vector: str | None,
+def _filtered(session: Session, stmt: Select[m.AuditEvent], *, model: str | None, vector: str | None,
               family: str | None, kind: str | None, actor: str | None,
-              since: str | None) -> Select[tuple[m.AuditEvent]]:  # fmt: skip
+              since: str | None) -> Select[m.AuditEvent]:  # fmt: skip
     if model:
         h = resolve_checkpoint(session, model).hash
         stmt = stmt.where((m.AuditEvent.target_hash == h) | (m.AuditEvent.output_hash == h))

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -264,7 +264,9 @@ class Catalog:
         wanted = sorted({h for h in hashes if h})
 
         def q(session: Session) -> dict[str, CheckpointRecord]:
-            rows = session.scalars(select(m.Checkpoint).where(m.Checkpoint.hash.in_(wanted))) if wanted else []
+            if not wanted:
+                return {}
+            rows = session.scalars(select(m.Checkpoint).where(m.Checkpoint.hash.in_(wanted)))
             return {r.hash: self._checkpoint_record(session, r) for r in rows}
 
         return self.read(q)
@@ -280,7 +282,7 @@ class Catalog:
         needle = text.strip()
         if not needle:
             return []
-        cond = m.Checkpoint.name.ilike(contains_pattern(needle), escape="\\")
+        cond: ColumnElement[bool] = m.Checkpoint.name.ilike(contains_pattern(needle), escape="\\")
         if is_hash_prefix(needle.lower()):
             cond = cond | m.Checkpoint.hash.startswith(needle.lower())
         stmt = select(m.Checkpoint).where(cond).order_by(m.Checkpoint.created_at, m.Checkpoint.id).limit(limit)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import ColumnElement, delete, func, select, update
 from sqlalchemy.orm import Session, aliased
 
 from ..audit.chain import vector_state_digest
@@ -259,7 +259,7 @@ class Vectors:
         needle = text_.strip()
         if not needle:
             return []
-        cond = m.Vector.name.ilike(contains_pattern(needle), escape="\\")
+        cond: ColumnElement[bool] = m.Vector.name.ilike(contains_pattern(needle), escape="\\")
         if is_hash_prefix(needle.lower()):
             cond = cond | m.Vector.hash.startswith(needle.lower())
         return self.catalog.read(lambda s: vector_records(s, [cond], limit=limit))

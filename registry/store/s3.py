@@ -32,8 +32,11 @@ vector's decoding; the bench (``benchmarks/store_s3.py``) measures it.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import functools
+import io
+import itertools
 import os
 import random
 import re
@@ -120,7 +123,7 @@ class S3BlobStore(Store):
         self.bucket, self.prefix = parse_s3_url(url)
         self.url = f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
         self.endpoint = endpoint
-        self.client = client if client is not None else s3_client(endpoint, max_attempts=max_attempts)
+        self._client = client
         self.tmp_dir = Path(tmp_dir)
         self.cache = cache
         self.multipart_threshold = multipart_threshold
@@ -129,6 +132,17 @@ class S3BlobStore(Store):
         self.conditional_writes = True  # cleared on the first 501 to If-None-Match
         self._lock_fn = lock
         self._blob_prefix = f"{self.prefix}/blobs/" if self.prefix else "blobs/"
+
+    @property
+    def client(self) -> Any:
+        """The boto3 client, made on first use (commands that never touch a blob never import boto3)."""
+        if self._client is None:
+            self._client = s3_client(self.endpoint, max_attempts=self.max_attempts)
+        return self._client
+
+    @client.setter
+    def client(self, value: Any) -> None:
+        self._client = value
 
     def key_for(self, sha: str) -> str:
         check_sha(sha)
@@ -186,7 +200,7 @@ class S3BlobStore(Store):
         if size >= self.multipart_threshold:
             created = self._multipart(key, parts, size)
         else:
-            created = self._put(key, b"".join(parts) if len(parts) != 1 else parts[0])
+            created = self._put(key, parts)
         if created and not self.conditional_writes:
             # No write-once guarantee from this service: prove what is there now.
             verify_stored(sha, self.read_stored(sha))
@@ -259,16 +273,22 @@ class S3BlobStore(Store):
 
     # --- S3 calls ------------------------------------------------------------------
 
-    def _put(self, key: str, body: bytes) -> bool:
-        """PutObject, write-once; False when the object already existed."""
+    def _put(self, key: str, parts: list[bytes]) -> bool:
+        """PutObject, write-once; False when the object already existed.
+
+        The parts are sent as they are (a seekable reader over them, which botocore
+        rewinds to retry), never joined into one more copy of the blob.
+        """
         extra = {"IfNoneMatch": "*"} if self.conditional_writes else {}
+        body = _PartsReader(parts)
         try:
-            self._call("PutObject", lambda: self.client.put_object(Bucket=self.bucket, Key=key, Body=body, **extra))
+            self._call("PutObject", lambda: self.client.put_object(Bucket=self.bucket, Key=key, Body=body,
+                                                                   ContentLength=body.size, **extra))  # fmt: skip
         except _Exists:
             return False
         except _NotImplemented:
             self.conditional_writes = False
-            return self._put(key, body)
+            return self._put(key, parts)
         crashpoint("s3.put-done")
         return True
 
@@ -342,6 +362,42 @@ class S3BlobStore(Store):
         hint = ("create the bucket, or fix --store" if "NoSuchBucket" in why or why.startswith("404")
                 else "check --store-endpoint / AWS_ENDPOINT_URL, the credentials and that the service answers")  # fmt: skip
         return StoreUnavailableError(f"{op} on {self.url}{where} failed ({why}); {hint}")
+
+
+class _PartsReader(io.RawIOBase):
+    """A read-only, seekable file over consecutive byte strings (no copy of the whole)."""
+
+    def __init__(self, parts: list[bytes]) -> None:
+        self._parts = [memoryview(p) for p in parts if len(p)]
+        self._starts = list(itertools.accumulate((len(p) for p in self._parts), initial=0))
+        self.size = self._starts[-1]
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]
+        self._pos = min(max(0, base + offset), self.size)
+        return self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        out = memoryview(buffer).cast("B")
+        done = 0
+        while done < len(out) and self._pos < self.size:
+            i = bisect.bisect_right(self._starts, self._pos) - 1
+            part = self._parts[i][self._pos - self._starts[i]:]
+            n = min(len(part), len(out) - done)
+            out[done:done + n] = part[:n]
+            done += n
+            self._pos += n
+        return done
 
 
 class _Exists(Exception):
