@@ -266,3 +266,17 @@ def test_several_processes_share_one_bounded_cache(tmp_path: Path, s3_endpoint: 
         assert p.returncode == 0 and out.strip() == "ok", err[-2000:]
     count, size = ReadCache(tmp_path / "shared-cache", max_bytes=200_000).usage()
     assert 0 < count and size <= 200_000  # every put evicts, seeing every process's entries
+
+
+def test_a_relative_home_keeps_its_local_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`safegene --home demo-work/home` (the README's `make demo`): a relative home is the default local store."""
+    from registry.api import Registry
+
+    monkeypatch.chdir(tmp_path)
+    with Registry.open("rel/home") as reg:
+        assert reg.store_location == "local"
+        with reg.store.writing():  # the guard compares the catalog's record with this store
+            info = reg.store.put(b"relative")
+        assert (tmp_path / "rel/home/store/blobs" / info.sha256[:2] / info.sha256).is_file()
+    with Registry.open("rel/home", store_url=str(tmp_path / "rel/home/store")) as again:
+        assert again.store_location == "local"

@@ -65,7 +65,7 @@ class BlobStore(Store):
         self.root = Path(root)
         self.blob_dir = self.root / "blobs"
         self.tmp_dir = self.root / "tmp"
-        self.url = str(self.root)
+        self.url = str(self.root.resolve())  # absolute: a relative --home is still this folder
 
     def ensure(self) -> None:
         self.blob_dir.mkdir(parents=True, exist_ok=True)
