@@ -15,15 +15,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import skip_or_fail
 from tests.serve_fixtures import ROOT, Server
 
 DOCS_IMG = ROOT / "docs" / "img"
 
 
 def _skip_or_fail(reason: str) -> None:
-    if os.environ.get("SAFEGENE_REQUIRE_BROWSER") == "1":
-        pytest.fail(f"{reason}; SAFEGENE_REQUIRE_BROWSER=1 (set by .ci/run) forbids skipping browser tests")
-    pytest.skip(reason)
+    skip_or_fail(reason, require="SAFEGENE_REQUIRE_BROWSER")
 
 
 @pytest.fixture(scope="module")
