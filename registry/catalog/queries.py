@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
-from sqlalchemy import or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, or_, select
+from sqlalchemy.orm import QueryableAttribute, Session
 
 from ..checkpoints.family import FamilyKey, layer_templates
 from ..errors import (
@@ -42,6 +43,20 @@ def contains_pattern(text: str) -> str:
 def is_hash_prefix(text: str) -> bool:
     """Whether ``text`` can be a (prefix of a) content hash: 4 to 64 lowercase hex digits."""
     return bool(_HEX_RE.match(text))
+
+
+def search_condition(text: str, names: Sequence[QueryableAttribute[str]],
+                     hash_col: QueryableAttribute[str]) -> ColumnElement[bool] | None:  # fmt: skip
+    """What the search box matches: any of ``names`` containing ``text`` (case-insensitive), or
+    ``hash_col`` starting with it when it looks like a hash prefix; None for blank text."""
+    needle = text.strip()
+    if not needle:
+        return None
+    pat = contains_pattern(needle)
+    cond = or_(*(col.ilike(pat, escape="\\") for col in names))
+    if is_hash_prefix(needle.lower()):
+        cond = cond | hash_col.startswith(needle.lower())
+    return cond
 
 
 def default_name(path: Path) -> str:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -29,13 +29,12 @@ from . import db
 from . import models as m
 from .queries import (
     check_name,
-    contains_pattern,
     default_name,
     free_name,
     get_or_create_family,
-    is_hash_prefix,
     resolve_checkpoint,
     resolve_family,
+    search_condition,
 )
 from .records import CheckpointRecord, FamilyRecord, RecalibrationRecord
 
@@ -285,12 +284,9 @@ class Catalog:
 
     def search_models(self, text: str, *, limit: int = 20) -> list[CheckpointRecord]:
         """Checkpoints whose name contains ``text`` (case-insensitive) or whose hash starts with it."""
-        needle = text.strip()
-        if not needle:
+        cond = search_condition(text, [m.Checkpoint.name], m.Checkpoint.hash)
+        if cond is None:
             return []
-        cond: ColumnElement[bool] = m.Checkpoint.name.ilike(contains_pattern(needle), escape="\\")
-        if is_hash_prefix(needle.lower()):
-            cond = cond | m.Checkpoint.hash.startswith(needle.lower())
         stmt = select(m.Checkpoint).where(cond).order_by(m.Checkpoint.created_at, m.Checkpoint.id).limit(limit)
         return self.read(lambda s: [self._checkpoint_record(s, r) for r in s.scalars(stmt)])
 
@@ -325,13 +321,9 @@ class Catalog:
 
     def search_families(self, text: str, *, limit: int = 20) -> list[FamilyRecord]:
         """Families whose model type or architecture contains ``text``, or whose id starts with it."""
-        needle = text.strip()
-        if not needle:
+        cond = search_condition(text, [m.Family.model_type, m.Family.architecture], m.Family.id)
+        if cond is None:
             return []
-        pat = contains_pattern(needle)
-        cond = m.Family.model_type.ilike(pat, escape="\\") | m.Family.architecture.ilike(pat, escape="\\")
-        if is_hash_prefix(needle.lower()):
-            cond = cond | m.Family.id.startswith(needle.lower())
         stmt = select(m.Family).where(cond).order_by(m.Family.model_type, m.Family.created_at, m.Family.id)
         return self.read(lambda s: self._with_counts(s, list(s.scalars(stmt.limit(limit)))))
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from sqlalchemy import ColumnElement, delete, func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session, aliased
 
 from ..audit.chain import vector_state_digest
@@ -22,10 +22,9 @@ from ..audit.log import AuditLog
 from ..catalog import models as m
 from ..catalog.queries import (
     check_name,
-    contains_pattern,
-    is_hash_prefix,
     resolve_family,
     resolve_vector,
+    search_condition,
 )
 from ..catalog.records import LAYER_COLUMNS, CheckpointRecord, LayerRecord, VectorRecord
 from ..catalog.service import Catalog, PendingCheckpoint, current_actor
@@ -256,12 +255,9 @@ class Vectors:
 
     def search(self, text_: str, *, limit: int = 20) -> list[VectorRecord]:
         """Vectors whose name contains ``text_`` (case-insensitive) or whose hash starts with it, newest first."""
-        needle = text_.strip()
-        if not needle:
+        cond = search_condition(text_, [m.Vector.name], m.Vector.hash)
+        if cond is None:
             return []
-        cond: ColumnElement[bool] = m.Vector.name.ilike(contains_pattern(needle), escape="\\")
-        if is_hash_prefix(needle.lower()):
-            cond = cond | m.Vector.hash.startswith(needle.lower())
         return self.catalog.read(lambda s: vector_records(s, [cond], limit=limit))
 
     def count(self) -> int:
