@@ -199,11 +199,12 @@ class Registry:
     def init(self) -> InitResult:
         """Create home, store and catalog, and run migrations (idempotent)."""
         self.home.mkdir(parents=True, exist_ok=True)
-        if self._store_asked:
-            self.store.probe()  # an unusable --store fails before anything is created
+        asked = self.store
+        asked.probe()  # an unusable --store fails before anything is created
         before, after = self.catalog.upgrade()
         self.locate_store(record=True)
-        self.store.probe()
+        if self.store is not asked:  # the catalog records another store: that one must answer too
+            self.store.probe()
         return InitResult(str(self.home), self.catalog.safe_url, before, after, self.store_location)
 
     @property
