@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1] / "registry"
 
 # group -> layer; a group is a subpackage, or a top-level module of registry/
 LAYERS: dict[str, int] = {
-    "errors": 0, "_faults": 0, "_threads": 0, "_version": 0,
+    "errors": 0, "_faults": 0, "_fs": 0, "_threads": 0, "_version": 0,
     "checkpoints": 1, "store": 1,
     "catalog": 2,
     "audit": 3, "evaluation": 3,

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from .._fs import fsync_path
 from ..errors import (
     AlreadyExistsError,
     InvalidCheckpointError,
@@ -119,15 +120,7 @@ def fsync_tree(root: Path) -> None:
             p.chmod(0o644)
             with open(p, "rb") as f:
                 os.fsync(f.fileno())
-    fsync_dir(root)
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_path(root)
 
 
 def place(tmp: Path, out: Path, force: bool) -> None:
@@ -147,6 +140,6 @@ def place(tmp: Path, out: Path, force: bool) -> None:
         raise AlreadyExistsError(
             f"{out} could not be created ({exc.strerror or exc}): is another import writing it?"
         ) from exc
-    fsync_dir(out.parent)
+    fsync_path(out.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)

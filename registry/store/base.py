@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .._faults import crashpoint
+from .._fs import fsync_path
 from ..errors import IntegrityCheckError, InvalidInputError
 from . import codec as _codec
 from .leases import host_token
@@ -89,15 +90,6 @@ def check_sha(sha: str) -> str:
     if not SHA_RE.match(sha):
         raise InvalidInputError(f"{sha!r} is not a sha256 hex digest")
     return sha
-
-
-def fsync_path(path: Path) -> None:
-    """fsync a file, or a folder (its entries), by path."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def atomic_write(path: Path, data: bytes | list[bytes], *, tmp_dir: Path | None = None,
