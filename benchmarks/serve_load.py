@@ -33,8 +33,9 @@ import httpx
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import md_table, write_results  # noqa: E402
+from _common import free_port, md_table, write_results  # noqa: E402
 from catalog_scale import _tiny, populate  # noqa: E402
+from efficacy_real import git_state  # noqa: E402
 
 from registry import Registry  # noqa: E402
 
@@ -97,23 +98,13 @@ def _pct(xs: list[float], q: float) -> float:
     return round(sorted(xs)[min(len(xs) - 1, int(q * len(xs)))] * 1000, 2) if xs else float("nan")
 
 
-def _commit() -> str:
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
-                           text=True).stdout.strip()  # fmt: skip
-    return head + ("-dirty" if dirty else "")
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _commit_label() -> str:
+    commit, dirty = git_state()
+    return (commit or "?") + ("-dirty" if dirty else "")
 
 
 def serve(home: Path, url: str, log: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "cli", "--home", str(home), "--db", url, "serve", "--port", str(port)],
                             stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env, cwd=ROOT)  # fmt: skip
@@ -192,7 +183,7 @@ def main() -> None:
     total = sum(len(v) for v in lat.values())
     cpu_ms = ((cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)) * 1000 / max(total, 1)
     single = {k: {"requests": len(v), "p50_ms": _pct(v, 0.5), "p95_ms": _pct(v, 0.95)} for k, v in alone.items()}
-    data = {"server_cpu_ms_per_request": round(cpu_ms, 2), "one_client": single, "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, "commit": _commit(),
+    data = {"server_cpu_ms_per_request": round(cpu_ms, 2), "one_client": single, "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, "commit": _commit_label(),
             "load_s": round(load_s, 1), "wall_s": round(wall, 1), "requests_per_s": round(total / wall, 1),
             "errors": len(errors), "error_samples": errors[:10], "endpoints": results,
             "server_rss_mib": {"max": round(max(rss) / 2**20, 1) if rss else None,
