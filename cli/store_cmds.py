@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import click
 
-from registry.store.cache import ReadCache
-
 from ._app import App, pass_app
 from ._output import human_bytes
 
@@ -22,7 +20,7 @@ def store_info(app: App) -> None:
     reg = app.registry()
     objects = list(reg.store.iter_objects())
     stored_bytes = sum(o.size for o in objects)
-    cache: ReadCache | None = getattr(reg.store, "cache", None)
+    cache = reg.store.cache
     cached = cache.usage() if cache is not None else None
     data = {"store": reg.store_location, "blobs": len(objects), "stored_bytes": stored_bytes,
             "cache": None if cache is None or cached is None else {

@@ -140,7 +140,7 @@ class Integrity:
         """
         problems: list[str] = []
         rows = self.catalog.read(lambda s: {b.sha256: b.raw_size for b in s.scalars(select(m.Blob))})
-        layer_blobs = self._referenced()
+        layer_blobs = self.referenced_blobs()
         on_disk = set(self.store.iter_shas())
         for sha in sorted(set(rows) | layer_blobs):
             if sha not in on_disk:
@@ -194,15 +194,12 @@ class Integrity:
 
     def referenced_blobs(self) -> set[str]:
         """Every blob a vector layer references."""
-        return self._referenced()
-
-    def _referenced(self) -> set[str]:
         return self.catalog.read(lambda s: set(s.scalars(select(m.VectorLayer.blob_sha256).distinct())))
 
     def _unreferenced(self, cutoff: float) -> tuple[list[str], bool, int]:
         """Blobs (files or rows) no layer references whose file is missing or older than ``cutoff``:
         their shas, whether any has a catalog row, and their files' bytes."""
-        referenced = self._referenced()
+        referenced = self.referenced_blobs()
         rows = self.catalog.read(lambda s: set(s.scalars(select(m.Blob.sha256))))
         doomed, freed = [], 0
         stored = {o.sha256: o for o in self.store.iter_objects()}

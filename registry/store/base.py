@@ -28,12 +28,16 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .._faults import crashpoint
 from .._fs import fsync_path
 from ..errors import IntegrityCheckError, InvalidInputError
 from . import codec as _codec
 from .leases import host_token
+
+if TYPE_CHECKING:
+    from .cache import ReadCache
 
 SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 TEMP_SUFFIX = ".tmp"
@@ -166,6 +170,7 @@ class Store(abc.ABC):
 
     url: str  # where the blobs live, as `--store` takes it
     tmp_dir: Path
+    cache: ReadCache | None = None  # a local read-through copy of a remote store's blobs
     # Called once :meth:`writing` holds the lock: the registry checks there that the
     # catalog still points at this store (``store migrate`` may have moved it meanwhile).
     guard: Callable[[], None] | None = None
