@@ -71,13 +71,18 @@ def _shot(driver: object, shots: Path, name: str, *, publish: bool = False) -> P
 
 def _search(driver: object, text: str) -> None:
     """Type ``text`` in the header's search box, press Enter and wait for the results page."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
     box = _css(driver, "#search-box")[0]
     box.clear()
     box.send_keys(text, Keys.ENTER)
-    WebDriverWait(driver, 30).until(lambda d: "/search?q=" in d.current_url and text in d.find_element("css selector", "h1").text)
+    # From one results page to the next the URL already matches: the old page's heading can go
+    # stale between finding it and reading it while the new page loads; the next poll reads the new one.
+    WebDriverWait(driver, 30, ignored_exceptions=(StaleElementReferenceException,)).until(
+        lambda d: "/search?q=" in d.current_url and text in d.find_element("css selector", "h1").text
+        and d.execute_script("return document.readyState") == "complete")
 
 
 def _follow(driver: object, selector: str, url_part: str) -> None:
