@@ -18,9 +18,11 @@ from ._app import App, pass_app
                    "that name who calls.")  # fmt: skip
 @click.option("--require-token", is_flag=True, help="Refuse requests without a known bearer token (reads too).")
 @click.option("--expose-paths", is_flag=True, help="Show checkpoints' file-system paths (hidden by default).")
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Server processes sharing the port (one Python process answers on one core at a time).")
 @pass_app
 def serve(app: App, host: str, port: int, tokens_file: Path | None, require_token: bool,
-          expose_paths: bool) -> None:  # fmt: skip
+          expose_paths: bool, workers: int) -> None:  # fmt: skip
     """Serve the JSON API (/api, schema at /openapi.json) and the web inventory, read-only, until Ctrl-C."""
     from registry.serve import ServeConfig, load_tokens, run
 
@@ -28,8 +30,12 @@ def serve(app: App, host: str, port: int, tokens_file: Path | None, require_toke
     if require_token and not tokens:
         raise click.UsageError("--require-token needs tokens: give --tokens FILE or $SAFEGENE_SERVE_TOKENS")
     reg = app.registry(create=False)
-    app.out.console.print(f"serving {reg.safe_url} on http://{host}:{port}/ (read-only; Ctrl-C stops)")
-    run(reg, ServeConfig(tokens=tokens, require_token=require_token, expose_paths=expose_paths), host=host, port=port)
+    app.out.console.print(f"serving {reg.safe_url} on http://{host}:{port}/ (read-only; Ctrl-C stops)"
+                          + (f" with {workers} worker processes" if workers > 1 else ""))
+    opened_with = {"home": str(reg.home.absolute()), "db_url": app.db_url, "store_url": app.store_url,
+                   "store_endpoint": app.store_endpoint}  # fmt: skip
+    run(reg, ServeConfig(tokens=tokens, require_token=require_token, expose_paths=expose_paths), host=host, port=port,
+        workers=workers, opened_with=opened_with)  # fmt: skip
 
 
 COMMANDS = [serve]

@@ -359,9 +359,9 @@ class Registry:
 
     def audit_page(self, *, model: str | None = None, vector: str | None = None, family: str | None = None,
                    kind: str | None = None, actor: str | None = None, since: str | None = None, offset: int = 0,
-                   limit: int = 50) -> list[AuditRecord]:  # fmt: skip
+                   limit: int = 50, vector_hash: str | None = None) -> list[AuditRecord]:  # fmt: skip
         return self.audit.page(model=model, vector=vector, family=family, kind=kind, actor=actor, since=since,
-                               offset=offset, limit=limit)  # fmt: skip
+                               offset=offset, limit=limit, vector_hash=vector_hash)  # fmt: skip
 
     def audit_show(self, ref: str) -> AuditRecord:
         return self.audit.show(ref)

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 from click.testing import CliRunner
 
@@ -193,6 +194,30 @@ def test_tokens_can_be_required_and_paths_exposed(tmp_path: Path, demo_home: Pat
         assert "actor=bob GET /api/models 200" in server.log_text()
     finally:
         stop_server(server)
+
+
+def test_several_worker_processes_answer_alike_with_the_same_tokens(tmp_path: Path, demo_home: Path,
+                                                                   demo_server: Server) -> None:  # fmt: skip
+    tokens = tmp_path / "tokens"
+    tokens.write_text("carol:carol-secret-token-0123\n")
+    server = start_server(demo_home, tmp_path / "log", "--workers", "2", "--tokens", str(tokens), "--require-token")
+    try:
+        workers = psutil.Process(server.proc.pid).children(recursive=True)
+        assert len([p for p in workers if "python" in p.name().lower()]) >= 2, [p.cmdline() for p in workers]
+        auth = {"Authorization": "Bearer carol-secret-token-0123"}
+        expected = {path: _ok(demo_server, path) for path in ("/api/families", "/api/vectors", "/api/audit?limit=5")}
+        for i in range(24):  # a new connection each time: the kernel hands them to either worker
+            path = list(expected)[i % len(expected)]
+            r = _get(server, path, headers=auth)
+            assert r.status_code == 200 and r.json() == expected[path], path
+        r = _get(server, "/api/families")
+        assert r.status_code == 401 and r.json()["error"]["code"] == "UNAUTHORIZED"
+        assert server.log_text().count("actor=carol GET /api/") == 24
+        assert "with 2 worker processes" in server.log_text()
+    finally:
+        stop_server(server)
+    _, alive = psutil.wait_procs(workers, timeout=10)
+    assert not alive, f"processes outlive the server: {[p.cmdline() for p in alive]}"
 
 
 @pytest.mark.parametrize("bad", ["bob:short", "no-colon-token-0123456789"])

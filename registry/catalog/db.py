@@ -52,6 +52,9 @@ def _sqlite_path(url: str) -> Path | None:
     return Path(u.database)
 
 
+PG_POOL_SIZE = 8  # connections kept open: `safegene serve` runs at most this many reads at once
+
+
 def create_catalog_engine(url: str, *, for_reads: bool = False) -> Engine:
     """Create an engine for a catalog URL (SQLite file or PostgreSQL).
 
@@ -76,7 +79,7 @@ def create_catalog_engine(url: str, *, for_reads: bool = False) -> Engine:
     if backend == "postgresql":
         if u.drivername == "postgresql":
             u = u.set(drivername="postgresql+psycopg")
-        return create_engine(u)
+        return create_engine(u, pool_size=PG_POOL_SIZE, max_overflow=PG_POOL_SIZE)
     raise ConfigurationError(
         f"unsupported database {backend!r}: use a sqlite:///PATH or postgresql+psycopg:// URL"
     )

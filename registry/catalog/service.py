@@ -16,9 +16,9 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -312,12 +312,9 @@ class Catalog:
     def families_page(self, *, offset: int = 0, limit: int = 50) -> list[FamilyRecord]:
         """One page of families (by model type, then age, then id), counting only that page's rows."""
 
-        def q(session: Session) -> list[FamilyRecord]:
-            rows = list(session.scalars(select(m.Family).order_by(m.Family.model_type, m.Family.created_at, m.Family.id)
-                                        .offset(offset or None).limit(limit)))  # fmt: skip
-            return self._with_counts(session, rows)
-
-        return self.read(q)
+        stmt = (select(m.Family).order_by(m.Family.model_type, m.Family.created_at, m.Family.id)
+                .offset(offset or None).limit(limit))  # fmt: skip
+        return self.read(lambda s: self._with_counts(s, stmt))
 
     def search_families(self, text: str, *, limit: int = 20) -> list[FamilyRecord]:
         """Families whose model type or architecture contains ``text``, or whose id starts with it."""
@@ -325,18 +322,18 @@ class Catalog:
         if cond is None:
             return []
         stmt = select(m.Family).where(cond).order_by(m.Family.model_type, m.Family.created_at, m.Family.id)
-        return self.read(lambda s: self._with_counts(s, list(s.scalars(stmt.limit(limit)))))
+        return self.read(lambda s: self._with_counts(s, stmt.limit(limit)))
 
     @staticmethod
-    def _with_counts(session: Session, rows: list[m.Family]) -> list[FamilyRecord]:
-        ids = [r.id for r in rows]
-        if not ids:
-            return []
-        ck = dict(session.execute(select(m.Checkpoint.family_id, func.count()).where(m.Checkpoint.family_id.in_(ids))
-                                  .group_by(m.Checkpoint.family_id)).all())  # fmt: skip
-        vc = dict(session.execute(select(m.Vector.family_id, func.count()).where(m.Vector.family_id.in_(ids))
-                                  .group_by(m.Vector.family_id)).all())  # fmt: skip
-        return [FamilyRecord.from_row(r, checkpoints=ck.get(r.id, 0), vectors=vc.get(r.id, 0)) for r in rows]
+    def _with_counts(session: Session, stmt: Select[Any]) -> list[FamilyRecord]:
+        """The families ``stmt`` selects, each with its checkpoint and vector counts, in one query (a count
+        per family by its index: an ``IN`` list of the page's ids was recompiled on every request)."""
+        ck = (select(func.count()).select_from(m.Checkpoint).where(m.Checkpoint.family_id == m.Family.id)
+              .correlate(m.Family).scalar_subquery())  # fmt: skip
+        vc = (select(func.count()).select_from(m.Vector).where(m.Vector.family_id == m.Family.id)
+              .correlate(m.Family).scalar_subquery())  # fmt: skip
+        return [FamilyRecord.from_row(fam, checkpoints=n_ck, vectors=n_vec)
+                for fam, n_ck, n_vec in session.execute(stmt.add_columns(ck, vc))]  # fmt: skip
 
     def get_family(self, ref: str) -> FamilyRecord:
         """A family by model type, architecture (when unique) or id prefix.

@@ -7,11 +7,16 @@ uploaded header and writes nothing). Each request is logged on
 
 from __future__ import annotations
 
+import contextlib
 import hmac
+import json
 import logging
+import os
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+import anyio.to_thread
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -23,6 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__
 from ..api import Registry
+from ..catalog.db import PG_POOL_SIZE
 from ..errors import RegistryError
 from . import api_routes, page_routes
 from .config import ServeConfig
@@ -38,7 +44,15 @@ _SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "X-Frame-Options": "DE
 def create_app(reg: Registry, config: ServeConfig | None = None) -> FastAPI:
     """The application serving ``reg`` (opened by the caller, who also closes it)."""
     cfg = config or ServeConfig()
-    app = FastAPI(title="SafeGene Registry", version=__version__, docs_url=None, redoc_url=None,
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # Route bodies run in threads: at most as many at once as the catalog keeps connections
+        # open, so no request under load opens (and closes) a database connection of its own.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = PG_POOL_SIZE
+        yield
+
+    app = FastAPI(title="SafeGene Registry", version=__version__, docs_url=None, redoc_url=None, lifespan=lifespan,
                   description="Safety vectors, patched models and the audit chain, read-only.")  # fmt: skip
     app.state.registry, app.state.config = reg, cfg
     app.state.templates = Jinja2Templates(directory=str(TEMPLATES))
@@ -148,14 +162,44 @@ def _error(request: Request, status: int, code: int | str, message: str, cfg: Se
     return HTMLResponse(html, status_code=status)
 
 
-def run(reg: Registry, config: ServeConfig, *, host: str = "127.0.0.1", port: int = 8080) -> None:
-    """Serve ``reg`` with uvicorn until interrupted (request lines on stderr, with their actor)."""
+# How `safegene serve --workers N` hands each worker process what to open (it opens its own registry).
+WORKER_ENV = "_SAFEGENE_SERVE_WORKER"
+
+
+def run(reg: Registry, config: ServeConfig, *, host: str = "127.0.0.1", port: int = 8080, workers: int = 1,
+        opened_with: dict[str, str | None] | None = None) -> None:  # fmt: skip
+    """Serve ``reg`` with uvicorn until interrupted (request lines on stderr, with their actor).
+
+    ``workers`` > 1: that many processes share the port, each opening the registry again with
+    ``opened_with`` (``Registry.open``'s home, db_url, store_url and store_endpoint); ``reg`` is closed.
+    """
     import uvicorn
 
+    opts = {"host": host, "port": port, "access_log": False, "log_level": "info", "server_header": False}
+    if workers <= 1:
+        _log_to_stderr()
+        uvicorn.run(create_app(reg, config), **opts)  # type: ignore[arg-type]
+        return
+    reg.close()
+    os.environ[WORKER_ENV] = json.dumps({"open": opened_with or {}, "tokens": dict(config.tokens),
+                                         "require_token": config.require_token, "expose_paths": config.expose_paths})  # fmt: skip
+    uvicorn.run("registry.serve.app:worker_app", factory=True, workers=workers, **opts)  # type: ignore[arg-type]
+
+
+def worker_app() -> FastAPI:
+    """One worker's application (uvicorn calls this in each process of ``serve --workers N``)."""
+    spec = json.loads(os.environ[WORKER_ENV])
+    _log_to_stderr()
+    reg = Registry.open(**spec["open"], create=False)
+    return create_app(reg, ServeConfig(tokens=spec["tokens"], require_token=spec["require_token"],
+                                       expose_paths=spec["expose_paths"]))  # fmt: skip
+
+
+def _log_to_stderr() -> None:
+    if log.handlers:
+        return
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     log.propagate = False
-    uvicorn.run(create_app(reg, config), host=host, port=port, access_log=False, log_level="info",
-                server_header=False)  # fmt: skip

@@ -63,7 +63,7 @@ def vector_json(rec: VectorRecord) -> dict[str, Any]:
 
 def patched_models(reg: Registry, vec: VectorRecord, *, offset: int = 0, limit: int = 50) -> Page:
     """The models ``vec`` patched, newest first: event, target, output, λ, actor, time."""
-    events = reg.audit_page(vector=vec.hash, kind="patch", offset=offset, limit=limit + 1)
+    events = reg.audit_page(vector_hash=vec.hash, kind="patch", offset=offset, limit=limit + 1)
     page = Page.of(events, offset, limit)
     known = reg.models_by_hash([h for ev in page.items for h in (ev.target_hash, ev.output_hash) if h])
     rows = [{"event": ev.uid, "seq": ev.seq, "actor": ev.actor, "created_at": ev.created_at,
