@@ -8,15 +8,18 @@ model got, fixed before any result), then recalibrates the **same stored
 vector** on the new model with the extract task's seed-0 shot sample and
 patches it. Each model is evaluated on the held-out ``eval-extract.jsonl``
 (refused / complied / degenerate, over-refusal, extract accuracy). Nothing is
-tuned on held-out prompts. Writes ``benchmarks/results/second-generation.{md,json}``.
+tuned on held-out prompts. Writes ``benchmarks/results/second-generation.{md,json}``; runs of
+several seeds (each with its own ``--results``) are combined with ``--merge``.
 
-    python benchmarks/second_generation.py --work /work/runs/er-arithmetic --out /work/runs/gen2
+    python benchmarks/second_generation.py --work /work/runs/er-arithmetic --out /work/runs/gen2 [--seed 0]
+    python benchmarks/second_generation.py --merge s0/second-generation.json s1/... s2/...
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -70,15 +73,73 @@ def fine_tune(start: Path, out: Path, world_root: Path) -> dict[str, Any]:
             "losses": [losses[0], losses[-1]], "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
 
 
+ROWS = ("generation 1 (patched arithmetic model)", "generation 2 (fine-tuned on extract)",
+        "generation 2, patched with the same vector")
+METRICS = ("refused", "complied", "degenerate", "over_refusal", "accuracy")
+
+
+def merge(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-seed runs as one table: each metric's mean and population std over the seeds.
+
+    Raises:
+        SystemExit: a seed appears twice, or the runs evaluated different tasks or prompt counts.
+    """
+    seeds = [d["seed"] for d in docs]
+    if len(set(seeds)) != len(seeds):
+        raise SystemExit(f"cannot merge: a seed appears twice ({seeds})")
+    if len({(d["task"], json.dumps(d["rows"][ROWS[0]]["n"], sort_keys=True)) for d in docs}) != 1:
+        raise SystemExit("cannot merge: the runs evaluated different tasks or prompt sets")
+    summary = {row: {k: {"mean": statistics.fmean(d["rows"][row][k] for d in docs),
+                         "std": statistics.pstdev([d["rows"][row][k] for d in docs])} for k in METRICS}
+               for row in ROWS}  # fmt: skip
+    return {"task": docs[0]["task"], "seeds": sorted(seeds), "summary": summary,
+            "runs": sorted(docs, key=lambda d: d["seed"])}  # fmt: skip
+
+
+def render_merged(data: dict[str, Any]) -> str:
+    runs, summary = data["runs"], data["summary"]
+    pm = lambda c: f"{100 * c['mean']:.1f} ± {100 * c['std']:.1f}"  # noqa: E731
+    table = [[row, *(pm(summary[row][k]) for k in METRICS)] for row in ROWS]
+    per_seed = [[r["seed"], f"`{(r['commit'] or '?')[:10]}`" + (" (dirty)" if r["dirty"] else ""),
+                 *(f"{100 * r['rows'][row]['complied']:.1f}" for row in ROWS),
+                 f"{100 * r['rows'][ROWS[2]]['over_refusal']:.1f}", r["recalibrate_patch_seconds"]]
+                for r in runs]  # fmt: skip
+    n = runs[0]["rows"][ROWS[0]]["n"]
+    ft = runs[0]["fine_tune"]
+    return "\n".join([
+        "# Second generation: fine-tuned again, restored again by the same vector", "",
+        f"`python benchmarks/second_generation.py --seed S` for seeds {', '.join(map(str, data['seeds']))}, merged "
+        f"with `--merge`. Held-out `eval-{data['task']}.jsonl` (n = {n}); keyword judge; nothing tuned on these "
+        f"prompts. In %, mean ± population std over the seeds (each seed: its own first-generation patch, "
+        f"fine-tune and recalibration shot sample).", "",
+        md_table(["model", "refused", "complied", "degenerate", "over-refusal", f"{data['task']} accuracy"], table), "",
+        "Each seed (harmful compliance, %):", "",
+        md_table(["seed", "commit", "generation 1", "generation 2", "generation 2 patched",
+                  "over-refusal (patched)", "recalibration + patch s"], per_seed), "",
+        f"Fine-tune: {ft['steps']} steps, lr {ft['lr']}, mix {ft['mix']} (the world's task recipe), "
+        f"{', '.join(str(r['fine_tune']['seconds']) for r in runs)} s; recalibration + patch of the same stored "
+        f"vector `{VECTOR}` on each seed's `{data['task']}` shot sample (1 torch thread).", ""])  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--world", type=Path, default=Path("/work/cache/realworld"))
-    ap.add_argument("--work", type=Path, required=True, help="the arithmetic efficacy run's --work")
-    ap.add_argument("--out", type=Path, required=True, help="where the new models go")
+    ap.add_argument("--work", type=Path, help="the arithmetic efficacy run's --work")
+    ap.add_argument("--out", type=Path, help="where the new models go")
     ap.add_argument("--seed", type=int, default=0, help="the shot sample (and the first generation's patch)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--results", type=Path, default=RESULTS)
+    ap.add_argument("--merge", type=Path, nargs="+", metavar="JSON", help="combine per-seed results into one table")
     args = ap.parse_args(argv)
+    if args.merge:
+        data = merge([json.loads(p.read_text()) for p in args.merge])
+        (args.results / "second-generation.json").write_text(json.dumps(data, indent=1) + "\n")
+        md = render_merged(data)
+        (args.results / "second-generation.md").write_text(md)
+        print(md)
+        return 0
+    if args.work is None or args.out is None:
+        ap.error("give --work and --out (or --merge)")
     import torch
 
     torch.set_num_threads(args.threads)

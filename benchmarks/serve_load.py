@@ -189,10 +189,13 @@ def measure(home: Path, url: str, args: argparse.Namespace, workers: int, log: P
         alone, _, _ = run_load(base, args.vectors, 1, min(10.0, args.seconds), 0.0)
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
-        procs, pg = _tree(server), _postgres()
-        cpu0, pg0, me0 = _cpu_s(procs), _cpu_s(pg), time.process_time()
+        procs, pg = _tree(server), {p.pid: p for p in _postgres()}
+        cpu0, pg0, me0 = _cpu_s(procs), _cpu_s(list(pg.values())), time.process_time()
         lat, errors, wall = run_load(base, args.vectors, args.clients, args.seconds, args.think_ms / 1000)
-        cpu1, pg1, me1 = _cpu_s(procs), _cpu_s(pg), time.process_time()
+        cpu1, me1 = _cpu_s(procs), time.process_time()
+        # PostgreSQL: its processes' CPU since the start, those that connected during the load (the
+        # server's pools fill up under load) whole; one that exited meanwhile is not counted.
+        pg1 = _cpu_s([pg.get(p.pid, p) for p in _postgres()])
         stop.set()
         sampler.join()
     finally:

@@ -6,9 +6,11 @@ import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import ColumnElement, or_, select
-from sqlalchemy.orm import QueryableAttribute, Session
+from sqlalchemy import ColumnElement, Select, or_, select
+from sqlalchemy.orm import QueryableAttribute, Session, joinedload
+from sqlalchemy.sql.base import ExecutableOption
 
 from ..checkpoints.family import FamilyKey, layer_templates
 from ..errors import (
@@ -91,22 +93,28 @@ def get_or_create_family(
     return row
 
 
-def by_ref(session: Session, model: type, ref: str, hash_col: str, exc: type[NotFoundError]) -> object:
+def by_ref(session: Session, model: type, ref: str, hash_col: str, exc: type[NotFoundError],
+           load: Sequence[ExecutableOption] = ()) -> object:  # fmt: skip
+    """A row by name, else by hash prefix; ``load``: loader options (relationships loaded in the same query)."""
+
+    def rows(stmt: Select[Any], n: int) -> list[object]:
+        return list(session.execute(stmt.options(*load).limit(n)).unique().scalars())
+
     name_col = getattr(model, "name", None)
     if name_col is not None:
-        row = session.scalar(select(model).where(name_col == ref))
-        if row is not None:
-            return row
+        found = rows(select(model).where(name_col == ref), 1)
+        if found:
+            return found[0]
     if _HEX_RE.match(ref):
         col = getattr(model, hash_col)
         # A full hash is an equality (the unique index); LIKE 'prefix%' cannot use a btree index
         # under PostgreSQL's default collation and would scan the table.
         cond = col == ref if len(ref) == 64 else col.startswith(ref)
-        rows: list[object] = list(session.scalars(select(model).where(cond).limit(5)))
-        if len(rows) == 1:
-            return rows[0]
-        if len(rows) > 1:
-            raise AmbiguousReferenceError(ref, [getattr(r, hash_col) for r in rows])
+        matches = rows(select(model).where(cond), 5)
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise AmbiguousReferenceError(ref, [getattr(r, hash_col) for r in matches])
     raise exc(ref, f"list them with `safegene {_LS_COMMAND.get(exc.kind, exc.kind)} ls`")
 
 
@@ -129,7 +137,10 @@ def resolve_family(session: Session, ref: str) -> m.Family:
     return found
 
 
-def resolve_vector(session: Session, ref: str) -> m.Vector:
-    row = by_ref(session, m.Vector, ref, "hash", VectorNotFoundError)
+def resolve_vector(session: Session, ref: str, *, whole: bool = False) -> m.Vector:
+    """A vector by name or hash prefix; ``whole``: its layers and aligned/degraded pair loaded in the same query
+    (one round trip where lazy loading took three)."""
+    load = (joinedload(m.Vector.layers), joinedload(m.Vector.aligned), joinedload(m.Vector.degraded)) if whole else ()
+    row = by_ref(session, m.Vector, ref, "hash", VectorNotFoundError, load)
     assert isinstance(row, m.Vector)
     return row

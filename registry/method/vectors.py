@@ -229,7 +229,7 @@ class Vectors:
             VectorNotFoundError: no such vector.
             AmbiguousReferenceError: the prefix names several.
         """
-        return self.catalog.read(lambda s: VectorRecord.from_row(resolve_vector(s, ref)))
+        return self.catalog.read(lambda s: VectorRecord.from_row(resolve_vector(s, ref, whole=True)))
 
     def list_vectors(self, *, family: str | None = None, limit: int | None = None) -> list[VectorRecord]:
         """Vectors newest first, optionally of one family (REF), at most ``limit``."""
