@@ -52,7 +52,7 @@ def _sqlite_path(url: str) -> Path | None:
     return Path(u.database)
 
 
-PG_POOL_SIZE = 8  # connections kept open: `safegene serve` runs at most this many reads at once
+POOL_SIZE = 8  # connections an engine keeps open; `safegene serve` runs at most this many reads at once
 
 
 def create_catalog_engine(url: str, *, for_reads: bool = False) -> Engine:
@@ -73,13 +73,13 @@ def create_catalog_engine(url: str, *, for_reads: bool = False) -> Engine:
         path = _sqlite_path(url)
         assert path is not None
         path.parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": _BUSY_MS / 1000})
+        engine = create_engine(url, connect_args={"timeout": _BUSY_MS / 1000}, pool_size=POOL_SIZE, max_overflow=POOL_SIZE)
         _configure_sqlite(engine, begin="BEGIN" if for_reads else "BEGIN IMMEDIATE")
         return engine
     if backend == "postgresql":
         if u.drivername == "postgresql":
             u = u.set(drivername="postgresql+psycopg")
-        return create_engine(u, pool_size=PG_POOL_SIZE, max_overflow=PG_POOL_SIZE)
+        return create_engine(u, pool_size=POOL_SIZE, max_overflow=POOL_SIZE)
     raise ConfigurationError(
         f"unsupported database {backend!r}: use a sqlite:///PATH or postgresql+psycopg:// URL"
     )

@@ -28,7 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__
 from ..api import Registry
-from ..catalog.db import PG_POOL_SIZE
+from ..catalog.db import POOL_SIZE
 from ..errors import RegistryError
 from . import api_routes, page_routes
 from .config import ServeConfig
@@ -49,7 +49,7 @@ def create_app(reg: Registry, config: ServeConfig | None = None) -> FastAPI:
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         # Route bodies run in threads: at most as many at once as the catalog keeps connections
         # open, so no request under load opens (and closes) a database connection of its own.
-        anyio.to_thread.current_default_thread_limiter().total_tokens = PG_POOL_SIZE
+        anyio.to_thread.current_default_thread_limiter().total_tokens = POOL_SIZE
         yield
 
     app = FastAPI(title="SafeGene Registry", version=__version__, docs_url=None, redoc_url=None, lifespan=lifespan,
