@@ -21,21 +21,18 @@ from tests.serve_fixtures import ROOT, Server
 DOCS_IMG = ROOT / "docs" / "img"
 
 
-def _skip_or_fail(reason: str) -> None:
-    skip_or_fail(reason, require="SAFEGENE_REQUIRE_BROWSER")
-
-
 @pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
     try:
         from selenium import webdriver
         from selenium.webdriver.chrome.service import Service
     except ImportError:
-        _skip_or_fail("selenium is not installed (pip install -e '.[test]')")
+        skip_or_fail("selenium is not installed (pip install -e '.[test]')", require="SAFEGENE_REQUIRE_BROWSER")
     binary = shutil.which("chromium") or shutil.which("chromium-browser")
     driver_path = shutil.which("chromedriver")
     if not binary or not driver_path:
-        _skip_or_fail("Chromium or chromedriver is missing (apt-get install chromium chromium-driver)")
+        skip_or_fail("Chromium or chromedriver is missing (apt-get install chromium chromium-driver)",
+                     require="SAFEGENE_REQUIRE_BROWSER")
     opts = webdriver.ChromeOptions()
     opts.binary_location = binary
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1280,900"):
