@@ -20,12 +20,14 @@ Ref = Annotated[str, Path(min_length=1, max_length=200, pattern=PRINTABLE,
 HashPrefix = Annotated[str, Query(min_length=4, max_length=64, pattern=r"^[0-9a-fA-F]+$")]
 
 
-def registry(request: Request) -> Registry:
+# Dependencies are coroutines: FastAPI runs a plain function's dependency in the thread pool, a
+# thread hop (and a wait for a free thread under load) per dependency per request.
+async def registry(request: Request) -> Registry:
     reg: Registry = request.app.state.registry
     return reg
 
 
-def config(request: Request) -> ServeConfig:
+async def config(request: Request) -> ServeConfig:
     cfg: ServeConfig = request.app.state.config
     return cfg
 
