@@ -3,10 +3,10 @@
 A fresh PostgreSQL database gets the real migrations, then synthetic catalog rows in bulk
 (`catalog_scale.populate`: 100,000 vectors over 1,000 families, 4 layer rows each, one tiny real
 checkpoint's family holding 100 of them; plain INSERTs of many rows at once, as a load test may)
-and a real audit chain of patch events appended through the library. `safegene serve` then runs as
-its own uvicorn process, and clients on loopback (asyncio, a minimal keep-alive HTTP/1.1 client; one process) call
-the inventory (`/api/families`), a random vector (`/api/vectors/NAME`) and the audit timeline
-(`/api/audit`) in turn. Each client waits ``--think-ms`` between its requests (0: as fast as the
+and a real audit chain of patch events appended through the library (naming 200 of the vectors), then
+VACUUM ANALYZE. `safegene serve` then runs as its own uvicorn process, and clients on loopback (asyncio,
+a minimal keep-alive HTTP/1.1 client; one process) call the inventory (`/api/families`), any vector
+(`/api/vectors/NAME`), one of the vectors that patched models and the audit timeline (`/api/audit`) in turn. Each client waits ``--think-ms`` between its requests (0: as fast as the
 server answers). Reported: p50/p95/max latency per endpoint, requests/s, errors, the server's
 resident memory (sampled every 0.5 s) and the git commit.
 
@@ -27,6 +27,7 @@ import tempfile
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,28 +42,50 @@ from efficacy_real import git_state  # noqa: E402
 from registry import Registry  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-ENDPOINTS = ("inventory", "vector", "audit")
+ENDPOINTS = ("inventory", "vector", "patching vector", "audit")
+REQUESTS = {"inventory": "/api/families?limit=50", "vector": "/api/vectors/NAME (any of them)",
+            "patching vector": "/api/vectors/NAME (one that patched models)", "audit": "/api/audit?limit=50"}  # fmt: skip
 
 
-def _path(kind: str, n_vectors: int, rng: random.Random) -> str:
-    if kind == "inventory":
-        return "/api/families?limit=50"
+@dataclass(frozen=True)
+class Filled:
+    """What the catalog holds: ``vectors`` named vec-0 …; ``patching``: the names of those the events name."""
+
+    vectors: int
+    patching: list[str]
+
+
+def _path(kind: str, filled: Filled, rng: random.Random) -> str:
     if kind == "vector":
-        return f"/api/vectors/vec-{rng.randrange(n_vectors)}"
-    return "/api/audit?limit=50"
+        return f"/api/vectors/vec-{rng.randrange(filled.vectors)}"
+    if kind == "patching vector":
+        return f"/api/vectors/{rng.choice(filled.patching)}"
+    return REQUESTS[kind]
 
 
-def add_events(reg: Registry, n: int) -> None:
-    """``n`` patch events appended through the audit log (a valid chain), naming random vectors."""
-    vecs = [v.hash for v in reg.vectors_page(limit=200)]
+def add_events(reg: Registry, n: int, n_vectors: int = 200) -> list[str]:
+    """``n`` patch events appended through the audit log (a valid chain), naming ``n_vectors`` vectors
+    in turn (the newest); returns their names."""
+    vecs = reg.vectors_page(limit=n_vectors)
 
     def tx(session: Any) -> None:
         for i in range(n):
-            reg.audit.append(session, "patch", {"vector": f"vec-{i}", "coefficients": {"0": 0.5, "1": 0.7}},
-                             vector_hash=vecs[i % len(vecs)], target_hash=uuid.uuid4().hex * 2,
+            vec = vecs[i % len(vecs)]
+            reg.audit.append(session, "patch", {"vector": vec.name, "coefficients": {"0": 0.5, "1": 0.7}},
+                             vector_hash=vec.hash, target_hash=uuid.uuid4().hex * 2,
                              output_hash=uuid.uuid4().hex * 2)  # fmt: skip
 
     reg.transaction(tx)
+    return [v.name for v in vecs]
+
+
+def vacuum(url: str) -> None:
+    """VACUUM ANALYZE: what autovacuum soon does to a table filled in bulk (its visibility map lets counts
+    read an index alone); a load test that starts right after the bulk load would measure the bulk load."""
+    import psycopg
+
+    with psycopg.connect(url.replace("+psycopg", ""), autocommit=True) as c:
+        c.execute("VACUUM ANALYZE")
 
 
 class _Conn:
@@ -90,7 +113,7 @@ class _Conn:
         self.writer.close()
 
 
-async def _client(url: str, n_vectors: int, until: float, think_s: float, seed: int,
+async def _client(url: str, filled: Filled, until: float, think_s: float, seed: int,
                   out: dict[str, list[float]], errors: list[str]) -> None:  # fmt: skip
     rng = random.Random(seed)
     conn = await _Conn.open(url)
@@ -100,7 +123,7 @@ async def _client(url: str, n_vectors: int, until: float, think_s: float, seed: 
             kind = ENDPOINTS[i % len(ENDPOINTS)]
             i += 1
             t0 = time.perf_counter()
-            status, body = await conn.get(_path(kind, n_vectors, rng))
+            status, body = await conn.get(_path(kind, filled, rng))
             out[kind].append(time.perf_counter() - t0)
             if status != 200 or not body.startswith(b"{"):
                 errors.append(f"{kind} {status}")
@@ -110,13 +133,13 @@ async def _client(url: str, n_vectors: int, until: float, think_s: float, seed: 
         conn.close()
 
 
-def run_load(url: str, n_vectors: int, clients: int, seconds: float, think_s: float) -> tuple[dict[str, list[float]], list[str], float]:
+def run_load(url: str, filled: Filled, clients: int, seconds: float, think_s: float) -> tuple[dict[str, list[float]], list[str], float]:
     out: dict[str, list[float]] = {k: [] for k in ENDPOINTS}
     errors: list[str] = []
 
     async def main() -> None:
         until = time.perf_counter() + seconds
-        await asyncio.gather(*(_client(url, n_vectors, until, think_s, s, out, errors) for s in range(clients)))
+        await asyncio.gather(*(_client(url, filled, until, think_s, s, out, errors) for s in range(clients)))
 
     t0 = time.perf_counter()
     asyncio.run(main())
@@ -170,14 +193,14 @@ def _postgres() -> list[psutil.Process]:
     return [p for p in psutil.process_iter(["name"]) if (p.info["name"] or "").startswith("postgres")]
 
 
-def measure(home: Path, url: str, args: argparse.Namespace, workers: int, log: Path) -> dict[str, Any]:
+def measure(home: Path, url: str, args: argparse.Namespace, filled: Filled, workers: int, log: Path) -> dict[str, Any]:
     """Start `safegene serve --workers N`, warm it up, then one client alone and the load."""
     proc, base = serve(home, url, log, workers)
     try:
         server = psutil.Process(proc.pid)
         for kind in ENDPOINTS:  # warm up: first queries, template and plan caches, every worker's pool
             for i in range(20 * workers):
-                httpx.get(base + _path(kind, args.vectors, random.Random(i)), timeout=30).raise_for_status()
+                httpx.get(base + _path(kind, filled, random.Random(i)), timeout=30).raise_for_status()
         rss: list[int] = []
         stop = threading.Event()
 
@@ -186,12 +209,12 @@ def measure(home: Path, url: str, args: argparse.Namespace, workers: int, log: P
                 rss.append(sum(p.memory_info().rss for p in _tree(server)))
 
         # One client alone first: what each endpoint costs when nothing queues.
-        alone, _, _ = run_load(base, args.vectors, 1, min(10.0, args.seconds), 0.0)
+        alone, _, _ = run_load(base, filled, 1, min(10.0, args.seconds), 0.0)
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
         procs, pg = _tree(server), {p.pid: p for p in _postgres()}
         cpu0, pg0, me0 = _cpu_s(procs), _cpu_s(list(pg.values())), time.process_time()
-        lat, errors, wall = run_load(base, args.vectors, args.clients, args.seconds, args.think_ms / 1000)
+        lat, errors, wall = run_load(base, filled, args.clients, args.seconds, args.think_ms / 1000)
         cpu1, me1 = _cpu_s(procs), time.process_time()
         # PostgreSQL: its processes' CPU since the start, those that connected during the load (the
         # server's pools fill up under load) whole; one that exited meanwhile is not counted.
@@ -217,7 +240,7 @@ def measure(home: Path, url: str, args: argparse.Namespace, workers: int, log: P
 
 def report(args: argparse.Namespace, runs: list[dict[str, Any]], load_s: float, commit: str) -> str:
     pause = "no pause" if not args.think_ms else f"{args.think_ms:g} ms pause"
-    rows = [[r["workers"], k, f"`{_path(k, 1, random.Random(0)).replace('vec-0', 'NAME')}`", e["requests"], e["p50_ms"],
+    rows = [[r["workers"], k, f"`{REQUESTS[k]}`", e["requests"], e["p50_ms"],
              e["p95_ms"], e["max_ms"], "yes" if e["p95_ms"] <= 50 else "NO"]
             for r in runs for k, e in r["endpoints"].items()]  # fmt: skip
     totals = [[r["workers"], r["requests_per_s"], r["errors"], r["cpu_ms_per_request"]["server"],
@@ -268,10 +291,11 @@ def main() -> None:
         t0 = time.perf_counter()
         with Registry.open(work / "home", url) as reg:
             populate(reg, _tiny(work / "target"), args.vectors, args.families)
-            add_events(reg, args.events)
+            filled = Filled(args.vectors, add_events(reg, args.events))
+        vacuum(url)
         load_s = time.perf_counter() - t0
         print(f"catalog filled in {load_s:.1f} s", flush=True)
-        runs = [measure(work / "home", url, args, w, work / f"server-{w}.log") for w in workers]
+        runs = [measure(work / "home", url, args, filled, w, work / f"server-{w}.log") for w in workers]
     finally:
         shutil.rmtree(work, ignore_errors=True)
         with psycopg.connect(admin, autocommit=True) as c:

@@ -2,13 +2,21 @@
 
 from ._version import __version__
 from .api import InitResult, Registry
-from .catalog.records import AuditRecord, CheckpointRecord, FamilyRecord, LayerRecord, VectorRecord
+from .catalog.records import (
+    AuditRecord,
+    CheckpointRecord,
+    FamilyRecord,
+    FamilySummary,
+    LayerRecord,
+    VectorRecord,
+)
 from .errors import RegistryError
 
 __all__ = [
     "AuditRecord",
     "CheckpointRecord",
     "FamilyRecord",
+    "FamilySummary",
     "InitResult",
     "LayerRecord",
     "Registry",

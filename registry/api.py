@@ -26,6 +26,7 @@ from .catalog.records import (
     AuditRecord,
     CheckpointRecord,
     FamilyRecord,
+    FamilySummary,
     LayerRecord,
     RecalibrationRecord,
     VectorRecord,
@@ -40,7 +41,7 @@ from .method.fit_settings import FitSettings
 from .method.patcher import Patcher, PatchResult
 from .method.pipeline import RecalibrationResult, Recalibrator
 from .method.resolve import Candidate, Resolver
-from .method.vectors import BlobRow, Vectors
+from .method.vectors import BlobRow, VectorDetails, Vectors
 from .store import location
 from .store.base import Store
 from .store.codec import Scratch
@@ -245,7 +246,7 @@ class Registry:
     def list_families(self) -> list[FamilyRecord]:
         return self.catalog.list_families()
 
-    def families_page(self, *, offset: int = 0, limit: int = 50) -> list[FamilyRecord]:
+    def families_page(self, *, offset: int = 0, limit: int = 50) -> list[FamilySummary]:
         return self.catalog.families_page(offset=offset, limit=limit)
 
     def get_family(self, ref: str) -> FamilyRecord:
@@ -259,6 +260,10 @@ class Registry:
 
     def get_vector(self, ref: str) -> VectorRecord:
         return self.vectors.get(ref)
+
+    def vector_details(self, ref: str, *, offset: int = 0, limit: int = 50) -> VectorDetails:
+        """A vector with its pair's records, its recalibrations and a page of the patch events naming it."""
+        return self.vectors.details(ref, offset=offset, limit=limit)
 
     def list_vectors(self, *, family: str | None = None, limit: int | None = None) -> list[VectorRecord]:
         return self.vectors.list_vectors(family=family, limit=limit)

@@ -59,6 +59,7 @@ def test_vector_has_provenance_scores_recalibrations_and_patched_models(demo_ser
     assert [lay["score"] for lay in doc["vector"]["layers"]] == [lay["score"] for lay in cli_vec["layers"]]
     assert doc["vector"]["selected_layers"] == [lay["index"] for lay in cli_vec["layers"] if lay["selected"]]
     assert len(doc["recalibrations"]) == 2 and all(r["coefficients"] for r in doc["recalibrations"])
+    assert doc["num_recalibrations"] == 2 and doc["patched_page"]["total"] == 4
     patched = doc["patched"]
     assert len(patched) == 4
     cli_patches = {ev["uid"]: ev for ev in _cli_json(demo_home, "audit", "log", "--kind", "patch")["events"]}

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import ast
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
 
+from registry import Registry
 from registry.audit.integrity import Integrity
 from registry.audit.log import AuditLog
 from registry.catalog.service import Catalog
@@ -67,6 +71,46 @@ def test_patcher_alone(parts: tuple[Catalog, BlobStore, AuditLog, Vectors], tiny
     integrity = Integrity(catalog, store, audit)
     assert integrity.identify(tmp_path / "out").event == res.event
     assert integrity.verify().ok
+
+
+@contextlib.contextmanager
+def _statements() -> Iterator[list[str]]:
+    """The queries any engine runs meanwhile (SQLite's ``BEGIN`` aside)."""
+    seen: list[str] = []
+
+    def note(_conn: object, _cursor: object, statement: str, *_rest: object) -> None:
+        if statement.startswith("SELECT"):
+            seen.append(statement)
+
+    event.listen(Engine, "before_cursor_execute", note)
+    try:
+        yield seen
+    finally:
+        event.remove(Engine, "before_cursor_execute", note)
+
+
+def test_vector_details_reads_the_lists_only_where_there_are_some(reg: Registry, tiny_models: dict[str, Path],
+                                                                  tmp_path: Path) -> None:  # fmt: skip
+    """One query finds the vector, its layers, its pair and both counts; the patch events are read only when
+    the page has some (a vector page under load waited on every round trip)."""
+    reg.add_model(tiny_models["llama"], name="a", role="aligned")
+    reg.add_model(tiny_models["llama_b"], name="d", role="degraded")
+    vec = reg.extract_vector("a", "d", name="v")
+    with _statements() as seen:
+        det = reg.vector_details("v")
+    assert (det.num_recalibrations, det.num_patches, det.recalibrations, det.patches) == (0, 0, [], [])
+    assert det.vector == reg.get_vector("v") and det.vector.layers == vec.layers
+    assert (det.aligned and det.aligned.name, det.degraded and det.degraded.name) == ("a", "d")
+    assert len(seen) == 1, seen
+    first, second = (reg.patch(tiny_models["llama_b"], "v", tmp_path / f"p{i}", coefficients="uniform:0.5",
+                               layers="all") for i in (1, 2))  # fmt: skip
+    with _statements() as seen:
+        det = reg.vector_details("v", limit=1)
+    assert det.num_patches == 2 and [ev.uid for ev in det.patches] == [second.event] and len(seen) == 2
+    det = reg.vector_details(vec.hash[:12], offset=1, limit=5)
+    assert [ev.uid for ev in det.patches] == [first.event]
+    with _statements() as seen:
+        assert reg.vector_details("v", offset=2).patches == [] and len(seen) == 1
 
 
 def test_no_service_reaches_into_another_objects_private_attributes() -> None:

@@ -20,7 +20,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, query_expression, relationship
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -115,6 +115,9 @@ class Vector(Base):
     layers: Mapped[list[VectorLayer]] = relationship(
         back_populates="vector", order_by="VectorLayer.position", cascade="all, delete-orphan"
     )
+    # Not columns: set only by a query that asks for them (``resolve_vector(counted=True)``), else None.
+    num_recalibrations: Mapped[int | None] = query_expression()
+    num_patches: Mapped[int | None] = query_expression()
 
     __table_args__ = (Index("ix_vectors_family_id_created_at", "family_id", "created_at"),
                       Index("ix_vectors_created_at_id", "created_at", "id"))

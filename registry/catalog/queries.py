@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, or_, select
-from sqlalchemy.orm import QueryableAttribute, Session, joinedload
+from sqlalchemy import ColumnElement, Select, func, or_, select
+from sqlalchemy.orm import QueryableAttribute, Session, joinedload, with_expression
 from sqlalchemy.sql.base import ExecutableOption
 
 from ..checkpoints.family import FamilyKey, layer_templates
@@ -137,10 +137,19 @@ def resolve_family(session: Session, ref: str) -> m.Family:
     return found
 
 
-def resolve_vector(session: Session, ref: str, *, whole: bool = False) -> m.Vector:
+def resolve_vector(session: Session, ref: str, *, whole: bool = False, counted: bool = False) -> m.Vector:
     """A vector by name or hash prefix; ``whole``: its layers and aligned/degraded pair loaded in the same query
-    (one round trip where lazy loading took three)."""
-    load = (joinedload(m.Vector.layers), joinedload(m.Vector.aligned), joinedload(m.Vector.degraded)) if whole else ()
+    (one round trip where lazy loading took three); ``counted``: its ``num_recalibrations`` and ``num_patches``
+    (patch events naming it) counted in that query too."""
+    load: list[ExecutableOption] = []
+    if whole:
+        load += [joinedload(m.Vector.layers), joinedload(m.Vector.aligned), joinedload(m.Vector.degraded)]
+    if counted:
+        recals = select(func.count()).select_from(m.Recalibration).where(m.Recalibration.vector_id == m.Vector.id)
+        patches = (select(func.count()).select_from(m.AuditEvent)
+                   .where(m.AuditEvent.vector_hash == m.Vector.hash, m.AuditEvent.kind == "patch"))  # fmt: skip
+        load += [with_expression(m.Vector.num_recalibrations, recals.correlate(m.Vector).scalar_subquery()),
+                 with_expression(m.Vector.num_patches, patches.correlate(m.Vector).scalar_subquery())]  # fmt: skip
     row = by_ref(session, m.Vector, ref, "hash", VectorNotFoundError, load)
     assert isinstance(row, m.Vector)
     return row

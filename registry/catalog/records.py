@@ -73,6 +73,33 @@ class FamilyRecord:
 
 
 @dataclass(frozen=True)
+class FamilySummary:
+    """A family as a listing shows it: identity, shape and counts (:class:`FamilyRecord` has its key and
+    layer templates as well)."""
+
+    id: str
+    model_type: str
+    architecture: str
+    num_layers: int
+    hidden_size: int
+    vocab_size: int
+    manifest_hash: str
+    created_at: str
+    num_checkpoints: int
+    num_vectors: int
+
+    @classmethod
+    def from_row(cls, row: Any) -> FamilySummary:
+        """From a core row with these column names (``created_at`` a datetime)."""
+        return cls(id=row.id, model_type=row.model_type, architecture=row.architecture, num_layers=row.num_layers,
+                   hidden_size=row.hidden_size, vocab_size=row.vocab_size, manifest_hash=row.manifest_hash,
+                   created_at=_iso(row.created_at), num_checkpoints=row.num_checkpoints, num_vectors=row.num_vectors)  # fmt: skip
+
+    def to_json(self) -> dict[str, Any]:
+        return plain(self)
+
+
+@dataclass(frozen=True)
 class CheckpointRecord:
     name: str
     hash: str

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -26,7 +27,14 @@ from ..catalog.queries import (
     resolve_vector,
     search_condition,
 )
-from ..catalog.records import LAYER_COLUMNS, CheckpointRecord, LayerRecord, VectorRecord
+from ..catalog.records import (
+    LAYER_COLUMNS,
+    AuditRecord,
+    CheckpointRecord,
+    LayerRecord,
+    RecalibrationRecord,
+    VectorRecord,
+)
 from ..catalog.service import Catalog, PendingCheckpoint, current_actor
 from ..checkpoints.family import family_key, manifest_hash
 from ..checkpoints.reader import Checkpoint, ContentHasher
@@ -51,6 +59,20 @@ if TYPE_CHECKING:
 class BlobRow(NamedTuple):
     raw_size: int
     stored_sha256: str | None
+
+
+@dataclass(frozen=True)
+class VectorDetails:
+    """A vector with what its page shows: its aligned/degraded pair's records, its recalibrations (newest
+    first, at most 100) and one page of the patch events naming it (newest first), with their totals."""
+
+    vector: VectorRecord
+    aligned: CheckpointRecord | None
+    degraded: CheckpointRecord | None
+    recalibrations: list[RecalibrationRecord]
+    num_recalibrations: int
+    patches: list[AuditRecord]
+    num_patches: int
 
 
 class Vectors:
@@ -230,6 +252,29 @@ class Vectors:
             AmbiguousReferenceError: the prefix names several.
         """
         return self.catalog.read(lambda s: VectorRecord.from_row(resolve_vector(s, ref, whole=True)))
+
+    def details(self, ref: str, *, offset: int = 0, limit: int = 50) -> VectorDetails:
+        """A vector, its pair, its recalibrations and patch events ``offset`` … ``offset + limit - 1``.
+
+        One query finds the vector with its layers, its pair and both counts; the recalibrations and
+        the patch events are read only where there are some.
+
+        Raises:
+            VectorNotFoundError: no such vector.
+            AmbiguousReferenceError: the prefix names several.
+        """
+
+        def q(session: Session) -> tuple[VectorRecord, dict[str, CheckpointRecord], int, int]:
+            row = resolve_vector(session, ref, whole=True, counted=True)
+            pair = {c.hash: Catalog.checkpoint_record(session, c) for c in (row.aligned, row.degraded) if c is not None}
+            return VectorRecord.from_row(row), pair, row.num_recalibrations or 0, row.num_patches or 0
+
+        vec, pair, n_recal, n_patch = self.catalog.read(q)
+        recals = self.catalog.recalibrations_of(vec.hash) if n_recal else []
+        patches = (self.audit.page(vector_hash=vec.hash, kind="patch", offset=offset, limit=limit)
+                   if n_patch > offset else [])  # fmt: skip
+        return VectorDetails(vec, pair.get(vec.aligned or ""), pair.get(vec.degraded or ""), recals, n_recal,
+                             patches, n_patch)  # fmt: skip
 
     def list_vectors(self, *, family: str | None = None, limit: int | None = None) -> list[VectorRecord]:
         """Vectors newest first, optionally of one family (REF), at most ``limit``."""

@@ -15,11 +15,11 @@ from .params import Cfg, HashPrefix, Limit, Offset, Ref, Reg, Text
 from .views import (
     Page,
     event_json,
-    family_summary_json,
     lineage,
     model_json,
     patched_models,
     vector_json,
+    vector_page,
 )
 
 router = APIRouter(prefix="/api", tags=["api"])
@@ -37,7 +37,7 @@ def families(reg: Reg, offset: Offset = 0, limit: Limit = 50) -> JSONResponse:
     """The inventory: families with their checkpoint and vector counts (the family's own page has its key
     and layer templates)."""
     page = Page.of(reg.families_page(offset=offset, limit=limit + 1), offset, limit)
-    return _json({"families": [family_summary_json(f) for f in page.items], "page": page.meta()})
+    return _json({"families": [f.to_json() for f in page.items], "page": page.meta()})
 
 
 @router.get("/families/{ref}")
@@ -61,13 +61,11 @@ def vectors(reg: Reg, family: Text = None, offset: Offset = 0, limit: Limit = 50
 @router.get("/vectors/{ref}")
 def vector(reg: Reg, cfg: Cfg, ref: Ref) -> JSONResponse:
     """A vector's provenance (aligned/degraded pair), layer scores, recalibrations and the first patched models."""
-    vec = reg.get_vector(ref)
-    pair = reg.models_by_hash([h for h in (vec.aligned, vec.degraded) if h])
-    patched = patched_models(reg, vec)
-    return _json({"vector": vector_json(vec),
-            "aligned": model_json(pair[vec.aligned], cfg.expose_paths) if vec.aligned in pair else None,
-            "degraded": model_json(pair[vec.degraded], cfg.expose_paths) if vec.degraded in pair else None,
-            "recalibrations": [r.to_json() for r in reg.recalibrations_of(vec)],
+    det, patched = vector_page(reg, ref)
+    return _json({"vector": vector_json(det.vector),
+            "aligned": model_json(det.aligned, cfg.expose_paths) if det.aligned else None,
+            "degraded": model_json(det.degraded, cfg.expose_paths) if det.degraded else None,
+            "recalibrations": [r.to_json() for r in det.recalibrations], "num_recalibrations": det.num_recalibrations,
             "patched": patched.items, "patched_page": patched.meta()})  # fmt: skip
 
 

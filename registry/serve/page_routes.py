@@ -10,7 +10,7 @@ from fastapi.responses import HTMLResponse
 from .api_routes import chain_status
 from .chart import layer_score_svg
 from .params import Cfg, Limit, Offset, Ref, Reg, Text
-from .views import Page, event_json, lineage, model_json, patched_models
+from .views import Page, event_json, lineage, model_json, vector_page
 
 router = APIRouter(include_in_schema=False)
 FAMILY_PREVIEW = 5
@@ -39,12 +39,10 @@ def family(request: Request, reg: Reg, cfg: Cfg, ref: Ref, offset: Offset = 0, l
 
 @router.get("/vectors/{ref}", response_class=HTMLResponse)
 def vector(request: Request, reg: Reg, ref: Ref, offset: Offset = 0, limit: Limit = 50) -> HTMLResponse:
-    vec = reg.get_vector(ref)
-    pair = reg.models_by_hash([h for h in (vec.aligned, vec.degraded) if h])
-    patched = patched_models(reg, vec, offset=offset, limit=limit)
-    return _render(request, "vector.html", vector=vec, chart=layer_score_svg(vec.layers),
-                   aligned=pair.get(vec.aligned or ""), degraded=pair.get(vec.degraded or ""),
-                   recalibrations=reg.recalibrations_of(vec), patched=patched.items, page=patched.meta())  # fmt: skip
+    det, patched = vector_page(reg, ref, offset=offset, limit=limit)
+    return _render(request, "vector.html", vector=det.vector, chart=layer_score_svg(det.vector.layers),
+                   aligned=det.aligned, degraded=det.degraded, recalibrations=det.recalibrations,
+                   num_recalibrations=det.num_recalibrations, patched=patched.items, page=patched.meta())  # fmt: skip
 
 
 @router.get("/models/{ref}", response_class=HTMLResponse)

@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..api import Registry
-from ..catalog.records import AuditRecord, CheckpointRecord, FamilyRecord, VectorRecord
+from ..catalog.records import AuditRecord, CheckpointRecord, VectorRecord
 from ..errors import NotFoundError
+from ..method.vectors import VectorDetails
 
 MAX_LINEAGE = 16
 
@@ -24,6 +25,7 @@ class Page:
     offset: int
     limit: int
     more: bool
+    total: int | None = None  # where the listing counted its rows
 
     @classmethod
     def of(cls, rows: list[Any], offset: int, limit: int) -> Page:
@@ -31,14 +33,10 @@ class Page:
         return cls(rows[:limit], offset, limit, len(rows) > limit)
 
     def meta(self) -> dict[str, Any]:
-        return {"offset": self.offset, "limit": self.limit, "next_offset": self.offset + self.limit if self.more else None}
-
-
-def family_summary_json(rec: FamilyRecord) -> dict[str, Any]:
-    """A family as a listing shows it: identity, shape and counts (not its key and layer templates)."""
-    return {"id": rec.id, "model_type": rec.model_type, "architecture": rec.architecture, "num_layers": rec.num_layers,
-            "hidden_size": rec.hidden_size, "vocab_size": rec.vocab_size, "manifest_hash": rec.manifest_hash,
-            "created_at": rec.created_at, "num_checkpoints": rec.num_checkpoints, "num_vectors": rec.num_vectors}  # fmt: skip
+        out = {"offset": self.offset, "limit": self.limit, "next_offset": self.offset + self.limit if self.more else None}
+        if self.total is not None:
+            out["total"] = self.total
+        return out
 
 
 def model_json(rec: CheckpointRecord, expose_paths: bool) -> dict[str, Any]:
@@ -65,12 +63,23 @@ def patched_models(reg: Registry, vec: VectorRecord, *, offset: int = 0, limit: 
     """The models ``vec`` patched, newest first: event, target, output, λ, actor, time."""
     events = reg.audit_page(vector_hash=vec.hash, kind="patch", offset=offset, limit=limit + 1)
     page = Page.of(events, offset, limit)
-    known = reg.models_by_hash([h for ev in page.items for h in (ev.target_hash, ev.output_hash) if h])
-    rows = [{"event": ev.uid, "seq": ev.seq, "actor": ev.actor, "created_at": ev.created_at,
+    return Page(patch_rows(reg, page.items), offset, limit, page.more)
+
+
+def patch_rows(reg: Registry, events: list[AuditRecord]) -> list[dict[str, Any]]:
+    """Patch events as a vector's page lists them, their target and output named where registered."""
+    known = reg.models_by_hash([h for ev in events for h in (ev.target_hash, ev.output_hash) if h])
+    return [{"event": ev.uid, "seq": ev.seq, "actor": ev.actor, "created_at": ev.created_at,
              "coefficients": ev.payload.get("coefficients", {}), "coefficient_spec": ev.payload.get("coefficient_spec"),
              "target": _brief(ev.target_hash, known), "output": _brief(ev.output_hash, known)}
-            for ev in page.items]  # fmt: skip
-    return Page(rows, offset, limit, page.more)
+            for ev in events]  # fmt: skip
+
+
+def vector_page(reg: Registry, ref: str, *, offset: int = 0, limit: int = 50) -> tuple[VectorDetails, Page]:
+    """A vector's details and its page of patched models (``Page.total``: every patch event naming it)."""
+    det = reg.vector_details(ref, offset=offset, limit=limit)
+    more = offset + len(det.patches) < det.num_patches
+    return det, Page(patch_rows(reg, det.patches), offset, limit, more, det.num_patches)
 
 
 def lineage(reg: Registry, rec: CheckpointRecord) -> dict[str, Any]:
