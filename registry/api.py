@@ -28,6 +28,7 @@ from .catalog.records import (
     FamilyRecord,
     FamilySummary,
     LayerRecord,
+    ModelName,
     RecalibrationRecord,
     VectorRecord,
 )
@@ -322,6 +323,12 @@ class Registry:
 
     def recalibrations_of(self, vec: VectorRecord, *, limit: int = 100) -> list[RecalibrationRecord]:
         return self.catalog.recalibrations_of(vec.hash, limit=limit)
+
+    def patches_of(self, vec: VectorRecord, *, offset: int = 0,
+                   limit: int = 50) -> tuple[list[AuditRecord], dict[str, ModelName]]:  # fmt: skip
+        """A page of the patch events naming ``vec``, newest first, and the registered models among their
+        targets and outputs (name and role by hash)."""
+        return self.audit.patches(vec.hash, offset=offset, limit=limit)
 
     def patch(self, target: str | Path, vector: str, out: str | Path, *, coefficients: str = "auto",
               layers: str | Sequence[int] = "auto", shots: Shots | None = None, settings: FitSettings | None = None,

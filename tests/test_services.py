@@ -107,6 +107,7 @@ def test_vector_details_reads_the_lists_only_where_there_are_some(reg: Registry,
     with _statements() as seen:
         det = reg.vector_details("v", limit=1)
     assert det.num_patches == 2 and [ev.uid for ev in det.patches] == [second.event] and len(seen) == 2
+    assert det.models[second.hash] == (reg.get_model(second.hash).name, "patched")
     det = reg.vector_details(vec.hash[:12], offset=1, limit=5)
     assert [ev.uid for ev in det.patches] == [first.event]
     with _statements() as seen:

@@ -10,20 +10,33 @@ Example:
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Select, select
-from sqlalchemy.orm import Session
+from sqlalchemy import Select, bindparam, select
+from sqlalchemy.orm import Session, aliased
 
 from ..catalog import models as m
 from ..catalog.queries import resolve_checkpoint, resolve_family, resolve_vector
-from ..catalog.records import AuditRecord
+from ..catalog.records import AuditRecord, ModelName
 from ..catalog.service import Catalog, current_actor
 from ..errors import EventNotFoundError, InvalidInputError
 from .attest import check_recalibrations
 from .chain import ChainReport, append_event, check_vector_states, verify_chain
 from .signing import load_key, public_hex
+
+
+@functools.cache
+def _patches_stmt() -> Select[Any]:
+    """Patch events naming a vector, with their target's and output's names and roles: built once (aliasing
+    a mapped class on every call cost more than the query)."""
+    ev, target, output = m.AuditEvent, aliased(m.Checkpoint), aliased(m.Checkpoint)
+    return (select(ev.__table__, target.name.label("t_name"), target.role.label("t_role"),
+                   output.name.label("o_name"), output.role.label("o_role"))
+            .outerjoin(target, target.hash == ev.target_hash).outerjoin(output, output.hash == ev.output_hash)
+            .where(ev.kind == "patch", ev.vector_hash == bindparam("vector_hash")).order_by(ev.seq.desc())
+            .offset(bindparam("offset")).limit(bindparam("limit")))  # fmt: skip
 
 
 class AuditLog:
@@ -88,6 +101,22 @@ class AuditLog:
             if vector_hash is not None:
                 stmt = stmt.where(m.AuditEvent.vector_hash == vector_hash)
             return [AuditRecord.from_row(r) for r in session.execute(stmt.offset(offset or None).limit(limit))]
+
+        return self.catalog.read(q)
+
+    def patches(self, vector_hash: str, *, offset: int = 0, limit: int = 50) -> tuple[list[AuditRecord], dict[str, ModelName]]:
+        """One page of the patch events naming a vector (its full hash), newest first, with the registered
+        checkpoints among their targets and outputs by hash: one query (a vector's page)."""
+
+        def q(session: Session) -> tuple[list[AuditRecord], dict[str, ModelName]]:
+            events, names = [], {}
+            for r in session.execute(_patches_stmt(), {"vector_hash": vector_hash, "offset": offset, "limit": limit}):
+                events.append(AuditRecord.from_row(r))
+                if r.t_name is not None:
+                    names[r.target_hash] = ModelName(r.t_name, r.t_role)
+                if r.o_name is not None:
+                    names[r.output_hash] = ModelName(r.o_name, r.o_role)
+            return events, names
 
         return self.catalog.read(q)
 

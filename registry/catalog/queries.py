@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Sequence
@@ -137,10 +138,9 @@ def resolve_family(session: Session, ref: str) -> m.Family:
     return found
 
 
-def resolve_vector(session: Session, ref: str, *, whole: bool = False, counted: bool = False) -> m.Vector:
-    """A vector by name or hash prefix; ``whole``: its layers and aligned/degraded pair loaded in the same query
-    (one round trip where lazy loading took three); ``counted``: its ``num_recalibrations`` and ``num_patches``
-    (patch events naming it) counted in that query too."""
+@functools.cache
+def _vector_load(whole: bool, counted: bool) -> tuple[ExecutableOption, ...]:
+    """``resolve_vector``'s loader options, built once (building them took longer than the query)."""
     load: list[ExecutableOption] = []
     if whole:
         load += [joinedload(m.Vector.layers), joinedload(m.Vector.aligned), joinedload(m.Vector.degraded)]
@@ -150,6 +150,13 @@ def resolve_vector(session: Session, ref: str, *, whole: bool = False, counted: 
                    .where(m.AuditEvent.vector_hash == m.Vector.hash, m.AuditEvent.kind == "patch"))  # fmt: skip
         load += [with_expression(m.Vector.num_recalibrations, recals.correlate(m.Vector).scalar_subquery()),
                  with_expression(m.Vector.num_patches, patches.correlate(m.Vector).scalar_subquery())]  # fmt: skip
-    row = by_ref(session, m.Vector, ref, "hash", VectorNotFoundError, load)
+    return tuple(load)
+
+
+def resolve_vector(session: Session, ref: str, *, whole: bool = False, counted: bool = False) -> m.Vector:
+    """A vector by name or hash prefix; ``whole``: its layers and aligned/degraded pair loaded in the same query
+    (one round trip where lazy loading took three); ``counted``: its ``num_recalibrations`` and ``num_patches``
+    (patch events naming it) counted in that query too."""
+    row = by_ref(session, m.Vector, ref, "hash", VectorNotFoundError, _vector_load(whole, counted))
     assert isinstance(row, m.Vector)
     return row

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field, fields, is_dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from . import models as m
 
@@ -18,13 +18,18 @@ def _names(cls: type) -> tuple[str, ...]:
     return names
 
 
+_SCALARS = frozenset({str, int, float, bool, type(None), dict})  # passed on as they are, without a check per kind
+
+
 def plain(rec: Any) -> dict[str, Any]:
     """A record as a JSON-ready dict, like ``dataclasses.asdict`` without its deep copy (a third of a web
     listing's time): nested records become dicts; other nested values are the record's own, not copies."""
     out = {}
     for name in _names(type(rec)):
         value = getattr(rec, name)
-        if is_dataclass(value):
+        if type(value) in _SCALARS:
+            pass
+        elif is_dataclass(value):
             value = plain(value)
         elif isinstance(value, list) and value and is_dataclass(value[0]):
             value = [plain(v) for v in value]
@@ -232,6 +237,13 @@ class VectorRecord:
             for layer in self.layers
         ]
         return out
+
+
+class ModelName(NamedTuple):
+    """A registered checkpoint as a listing names it."""
+
+    name: str
+    role: str
 
 
 @dataclass(frozen=True)

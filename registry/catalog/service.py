@@ -10,6 +10,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import functools
 import getpass
 import os
 import socket
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import ScalarSelect, Select, func, select
+from sqlalchemy import ScalarSelect, Select, bindparam, func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -315,12 +316,8 @@ class Catalog:
 
         Summaries from plain rows: a listing needs neither the key nor the layer templates, and
         reading and decoding them was a third of the page's time."""
-        f = m.Family
-        ck, vc = _family_counts()
-        stmt = (select(f.id, f.model_type, f.architecture, f.num_layers, f.hidden_size, f.vocab_size, f.manifest_hash,
-                       f.created_at, ck.label("num_checkpoints"), vc.label("num_vectors"))
-                .order_by(f.model_type, f.created_at, f.id).offset(offset or None).limit(limit))  # fmt: skip
-        return self.read(lambda s: [FamilySummary.from_row(r) for r in s.execute(stmt)])
+        params = {"offset": offset, "limit": limit}
+        return self.read(lambda s: [FamilySummary.from_row(r) for r in s.execute(_families_page_stmt(), params)])
 
     def search_families(self, text: str, *, limit: int = 20) -> list[FamilyRecord]:
         """Families whose model type or architecture contains ``text``, or whose id starts with it."""
@@ -362,3 +359,14 @@ def _family_counts() -> tuple[ScalarSelect[int], ScalarSelect[int]]:
     vc = (select(func.count()).select_from(m.Vector).where(m.Vector.family_id == m.Family.id)
           .correlate(m.Family).scalar_subquery())  # fmt: skip
     return ck, vc
+
+
+@functools.cache
+def _families_page_stmt() -> Select[*tuple[Any, ...]]:
+    """Family summaries with their counts, by model type, age and id; ``offset`` and ``limit`` bound per call
+    (built once: building it took a tenth of the page's time)."""
+    f = m.Family
+    ck, vc = _family_counts()
+    return (select(f.id, f.model_type, f.architecture, f.num_layers, f.hidden_size, f.vocab_size, f.manifest_hash,
+                   f.created_at, ck.label("num_checkpoints"), vc.label("num_vectors"))
+            .order_by(f.model_type, f.created_at, f.id).offset(bindparam("offset")).limit(bindparam("limit")))  # fmt: skip

@@ -32,6 +32,7 @@ from ..catalog.records import (
     AuditRecord,
     CheckpointRecord,
     LayerRecord,
+    ModelName,
     RecalibrationRecord,
     VectorRecord,
 )
@@ -73,6 +74,7 @@ class VectorDetails:
     num_recalibrations: int
     patches: list[AuditRecord]
     num_patches: int
+    models: dict[str, ModelName]  # the registered checkpoints among the patches' targets and outputs, by hash
 
 
 class Vectors:
@@ -271,10 +273,9 @@ class Vectors:
 
         vec, pair, n_recal, n_patch = self.catalog.read(q)
         recals = self.catalog.recalibrations_of(vec.hash) if n_recal else []
-        patches = (self.audit.page(vector_hash=vec.hash, kind="patch", offset=offset, limit=limit)
-                   if n_patch > offset else [])  # fmt: skip
+        patches, models = self.audit.patches(vec.hash, offset=offset, limit=limit) if n_patch > offset else ([], {})
         return VectorDetails(vec, pair.get(vec.aligned or ""), pair.get(vec.degraded or ""), recals, n_recal,
-                             patches, n_patch)  # fmt: skip
+                             patches, n_patch, models)  # fmt: skip
 
     def list_vectors(self, *, family: str | None = None, limit: int | None = None) -> list[VectorRecord]:
         """Vectors newest first, optionally of one family (REF), at most ``limit``."""

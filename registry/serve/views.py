@@ -6,11 +6,12 @@ an event's ``*_path`` payload keys become null.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from ..api import Registry
-from ..catalog.records import AuditRecord, CheckpointRecord, VectorRecord
+from ..catalog.records import AuditRecord, CheckpointRecord, ModelName, VectorRecord
 from ..errors import NotFoundError
 from ..method.vectors import VectorDetails
 
@@ -61,14 +62,13 @@ def vector_json(rec: VectorRecord) -> dict[str, Any]:
 
 def patched_models(reg: Registry, vec: VectorRecord, *, offset: int = 0, limit: int = 50) -> Page:
     """The models ``vec`` patched, newest first: event, target, output, λ, actor, time."""
-    events = reg.audit_page(vector_hash=vec.hash, kind="patch", offset=offset, limit=limit + 1)
+    events, models = reg.patches_of(vec, offset=offset, limit=limit + 1)
     page = Page.of(events, offset, limit)
-    return Page(patch_rows(reg, page.items), offset, limit, page.more)
+    return Page(patch_rows(page.items, models), offset, limit, page.more)
 
 
-def patch_rows(reg: Registry, events: list[AuditRecord]) -> list[dict[str, Any]]:
+def patch_rows(events: list[AuditRecord], known: Mapping[str, ModelName]) -> list[dict[str, Any]]:
     """Patch events as a vector's page lists them, their target and output named where registered."""
-    known = reg.models_by_hash([h for ev in events for h in (ev.target_hash, ev.output_hash) if h])
     return [{"event": ev.uid, "seq": ev.seq, "actor": ev.actor, "created_at": ev.created_at,
              "coefficients": ev.payload.get("coefficients", {}), "coefficient_spec": ev.payload.get("coefficient_spec"),
              "target": _brief(ev.target_hash, known), "output": _brief(ev.output_hash, known)}
@@ -79,7 +79,7 @@ def vector_page(reg: Registry, ref: str, *, offset: int = 0, limit: int = 50) ->
     """A vector's details and its page of patched models (``Page.total``: every patch event naming it)."""
     det = reg.vector_details(ref, offset=offset, limit=limit)
     more = offset + len(det.patches) < det.num_patches
-    return det, Page(patch_rows(reg, det.patches), offset, limit, more, det.num_patches)
+    return det, Page(patch_rows(det.patches, det.models), offset, limit, more, det.num_patches)
 
 
 def lineage(reg: Registry, rec: CheckpointRecord) -> dict[str, Any]:
@@ -125,7 +125,7 @@ def _producer(reg: Registry, ev: AuditRecord, known: dict[str, CheckpointRecord]
                        "degraded": _brief(vec.degraded, pair) if vec else None}}  # fmt: skip
 
 
-def _brief(h: str | None, known: dict[str, CheckpointRecord]) -> dict[str, Any] | None:
+def _brief(h: str | None, known: Mapping[str, CheckpointRecord | ModelName]) -> dict[str, Any] | None:
     if h is None:
         return None
     rec = known.get(h)
