@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from registry.catalog.db import POOL_SIZE, SERVE_THREADS
+
 from ._app import App, pass_app
 
 
@@ -20,9 +22,12 @@ from ._app import App, pass_app
 @click.option("--expose-paths", is_flag=True, help="Show checkpoints' file-system paths (hidden by default).")
 @click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Server processes sharing the port (one Python process answers on one core at a time).")
+@click.option("--threads", type=click.IntRange(1, POOL_SIZE), default=SERVE_THREADS, show_default=True,
+              help="Requests each process answers at once (each holds a database connection meanwhile); "
+                   "raise it where the database is across a network.")  # fmt: skip
 @pass_app
 def serve(app: App, host: str, port: int, tokens_file: Path | None, require_token: bool,
-          expose_paths: bool, workers: int) -> None:  # fmt: skip
+          expose_paths: bool, workers: int, threads: int) -> None:  # fmt: skip
     """Serve the JSON API (/api, schema at /openapi.json) and the web inventory, read-only, until Ctrl-C."""
     from registry.serve import ServeConfig, load_tokens, run
 
@@ -35,7 +40,7 @@ def serve(app: App, host: str, port: int, tokens_file: Path | None, require_toke
     opened_with = {"home": str(reg.home.absolute()), "db_url": app.db_url, "store_url": app.store_url,
                    "store_endpoint": app.store_endpoint}  # fmt: skip
     run(reg, ServeConfig(tokens=tokens, require_token=require_token, expose_paths=expose_paths), host=host, port=port,
-        workers=workers, opened_with=opened_with)  # fmt: skip
+        workers=workers, threads=threads, opened_with=opened_with)  # fmt: skip
 
 
 COMMANDS = [serve]

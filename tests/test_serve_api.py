@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import httpx
@@ -201,7 +202,8 @@ def test_several_worker_processes_answer_alike_with_the_same_tokens(tmp_path: Pa
                                                                    demo_server: Server) -> None:  # fmt: skip
     tokens = tmp_path / "tokens"
     tokens.write_text("carol:carol-secret-token-0123\n")
-    server = start_server(demo_home, tmp_path / "log", "--workers", "2", "--tokens", str(tokens), "--require-token")
+    server = start_server(demo_home, tmp_path / "log", "--workers", "2", "--threads", "2", "--tokens", str(tokens),
+                          "--require-token")  # fmt: skip
     try:
         workers = psutil.Process(server.proc.pid).children(recursive=True)
         assert len([p for p in workers if "python" in p.name().lower()]) >= 2, [p.cmdline() for p in workers]
@@ -215,6 +217,7 @@ def test_several_worker_processes_answer_alike_with_the_same_tokens(tmp_path: Pa
         assert r.status_code == 401 and r.json()["error"]["code"] == "UNAUTHORIZED"
         assert server.log_text().count("actor=carol GET /api/") == 24
         assert "with 2 worker processes" in server.log_text()
+        assert len(re.findall(r"process \d+ answers at most 2 requests at once", server.log_text())) == 2
     finally:
         stop_server(server)
     _, alive = psutil.wait_procs(workers, timeout=10)

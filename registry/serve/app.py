@@ -28,8 +28,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__
 from ..api import Registry
-from ..catalog.db import POOL_SIZE
-from ..errors import RegistryError
+from ..catalog.db import POOL_SIZE, SERVE_THREADS
+from ..errors import ConfigurationError, RegistryError
 from . import api_routes, page_routes
 from .config import ServeConfig
 from .errors import UNAUTHORIZED, classify, error_body, message_for
@@ -41,15 +41,20 @@ _SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "X-Frame-Options": "DE
                      "Content-Security-Policy": "default-src 'self'; style-src 'unsafe-inline'; img-src 'self' data:"}  # fmt: skip
 
 
-def create_app(reg: Registry, config: ServeConfig | None = None) -> FastAPI:
-    """The application serving ``reg`` (opened by the caller, who also closes it)."""
+def create_app(reg: Registry, config: ServeConfig | None = None, *, threads: int = SERVE_THREADS) -> FastAPI:
+    """The application serving ``reg`` (opened by the caller, who also closes it).
+
+    ``threads``: route bodies this process runs at once (each holds a database connection while it
+    runs; at most the catalog's pool size, so no request under load opens a connection of its own).
+    """
     cfg = config or ServeConfig()
+    if not 1 <= threads <= POOL_SIZE:
+        raise ConfigurationError(f"threads must be 1 to {POOL_SIZE} (the connections a catalog keeps open)")
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        # Route bodies run in threads: at most as many at once as the catalog keeps connections
-        # open, so no request under load opens (and closes) a database connection of its own.
-        anyio.to_thread.current_default_thread_limiter().total_tokens = POOL_SIZE
+        anyio.to_thread.current_default_thread_limiter().total_tokens = threads
+        log.info("process %d answers at most %d requests at once", os.getpid(), threads)
         yield
 
     app = FastAPI(title="SafeGene Registry", version=__version__, docs_url=None, redoc_url=None, lifespan=lifespan,
@@ -167,21 +172,22 @@ WORKER_ENV = "_SAFEGENE_SERVE_WORKER"
 
 
 def run(reg: Registry, config: ServeConfig, *, host: str = "127.0.0.1", port: int = 8080, workers: int = 1,
-        opened_with: dict[str, str | None] | None = None) -> None:  # fmt: skip
+        threads: int = SERVE_THREADS, opened_with: dict[str, str | None] | None = None) -> None:  # fmt: skip
     """Serve ``reg`` with uvicorn until interrupted (request lines on stderr, with their actor).
 
     ``workers`` > 1: that many processes share the port, each opening the registry again with
     ``opened_with`` (``Registry.open``'s home, db_url, store_url and store_endpoint); ``reg`` is closed.
+    ``threads``: route bodies each process runs at once (see :func:`create_app`).
     """
     import uvicorn
 
     opts = {"host": host, "port": port, "access_log": False, "log_level": "info", "server_header": False}
     if workers <= 1:
         _log_to_stderr()
-        uvicorn.run(create_app(reg, config), **opts)  # type: ignore[arg-type]
+        uvicorn.run(create_app(reg, config, threads=threads), **opts)  # type: ignore[arg-type]
         return
     reg.close()
-    os.environ[WORKER_ENV] = json.dumps({"open": opened_with or {}, "tokens": dict(config.tokens),
+    os.environ[WORKER_ENV] = json.dumps({"open": opened_with or {}, "tokens": dict(config.tokens), "threads": threads,
                                          "require_token": config.require_token, "expose_paths": config.expose_paths})  # fmt: skip
     uvicorn.run("registry.serve.app:worker_app", factory=True, workers=workers, **opts)  # type: ignore[arg-type]
 
@@ -192,7 +198,7 @@ def worker_app() -> FastAPI:
     _log_to_stderr()
     reg = Registry.open(**spec["open"], create=False)
     return create_app(reg, ServeConfig(tokens=spec["tokens"], require_token=spec["require_token"],
-                                       expose_paths=spec["expose_paths"]))  # fmt: skip
+                                       expose_paths=spec["expose_paths"]), threads=spec["threads"])  # fmt: skip
 
 
 def _log_to_stderr() -> None:
